@@ -1,0 +1,1 @@
+//! The cryptvol controller plugin: serves the CSI Identity and Controller services.

@@ -1,0 +1,7 @@
+//! cryptvol: encrypted Kubernetes volumes on any POSIX directory tree.
+//!
+//! The library behind the node plugin, the controller plugin and the admin CLI: the data key and
+//! its subkeys, the volume header, the content and name ciphers, the FUSE encryption layer, the
+//! KMS providers and the CSI services. Binaries only parse flags and call in here.
+
+pub mod keys;

@@ -1,0 +1,1 @@
+//! The Container Storage Interface v1 protobuf, compiled for server and client use.
