@@ -1,0 +1,165 @@
+//! The KMS configuration file: connection names mapped to a provider and its settings.
+//!
+//! ```yaml
+//! default: dev
+//! connections:
+//!   dev:
+//!     provider: local
+//!     keyFile: /etc/cryptvol/keys/keys.json
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::local::LocalKms;
+use super::{KmsClient, KmsError};
+
+/// Why a KMS configuration could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read KMS configuration {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("KMS configuration {path} is invalid: {message}")]
+    Parse { path: String, message: String },
+    #[error("KMS configuration {path}: default connection {name:?} is not among the connections")]
+    MissingDefault { path: String, name: String },
+}
+
+/// The parsed configuration file.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmsConfig {
+    /// The connection used when a StorageClass names none.
+    pub default: String,
+    pub connections: BTreeMap<String, ConnectionConfig>,
+}
+
+/// One connection, by provider.
+#[derive(Debug, Clone, serde::Deserialize, serde::Serialize)]
+#[serde(tag = "provider", rename_all = "lowercase")]
+pub enum ConnectionConfig {
+    /// Keys in a local key file (`cryptvol keys create`); relative paths are relative to the config file.
+    Local {
+        #[serde(rename = "keyFile")]
+        key_file: PathBuf,
+    },
+}
+
+impl KmsConfig {
+    /// A configuration with one local connection named `local`.
+    pub fn local(key_file: PathBuf) -> Self {
+        KmsConfig {
+            default: "local".into(),
+            connections: BTreeMap::from([("local".into(), ConnectionConfig::Local { key_file })]),
+        }
+    }
+}
+
+/// The connections of a loaded configuration, ready to use.
+#[derive(Debug, Clone)]
+pub struct KmsRegistry {
+    default: String,
+    clients: BTreeMap<String, KmsClient>,
+    local_files: Vec<LocalKms>,
+}
+
+impl KmsRegistry {
+    /// Reads and checks a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: shown.clone(), source })?;
+        let config: KmsConfig = serde_yaml::from_str(&text)
+            .map_err(|e| ConfigError::Parse { path: shown.clone(), message: e.to_string() })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_config(config, base, &shown)
+    }
+
+    /// Builds the registry from a parsed configuration; `base` resolves relative paths.
+    pub fn from_config(config: KmsConfig, base: &Path, shown: &str) -> Result<Self, ConfigError> {
+        if !config.connections.contains_key(&config.default) {
+            return Err(ConfigError::MissingDefault { path: shown.to_string(), name: config.default });
+        }
+        let mut clients = BTreeMap::new();
+        let mut local_files = Vec::new();
+        for (name, connection) in config.connections {
+            let valid_name = !name.is_empty()
+                && name.len() <= 63
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+            if !valid_name {
+                return Err(ConfigError::Parse {
+                    path: shown.to_string(),
+                    message: format!(
+                        "connection name {name:?} must be 1 to 63 characters of A-Z a-z 0-9 - _ ."
+                    ),
+                });
+            }
+            let client = match connection {
+                ConnectionConfig::Local { key_file } => {
+                    let provider = LocalKms::new(base.join(key_file));
+                    local_files.push(provider.clone());
+                    KmsClient::new(name.clone(), Arc::new(provider))
+                }
+            };
+            clients.insert(name, client);
+        }
+        Ok(KmsRegistry { default: config.default, clients, local_files })
+    }
+
+    /// The client for a connection name, or the default connection for `None`.
+    pub fn client(&self, name: Option<&str>) -> Result<&KmsClient, KmsError> {
+        let name = name.unwrap_or(&self.default);
+        self.clients.get(name).ok_or_else(|| KmsError::UnknownConnection { name: name.to_string() })
+    }
+
+    /// The default connection name.
+    pub fn default_connection(&self) -> &str {
+        &self.default
+    }
+
+    /// Checks that every connection can serve: local key files exist and parse.
+    pub fn check_ready(&self) -> Result<(), KmsError> {
+        self.local_files.iter().try_for_each(LocalKms::check)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let path = dir.join("kms.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    #[test]
+    fn loads_local_connections_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "default: dev\nconnections:\n  dev:\n    provider: local\n    keyFile: keys.json\n",
+        );
+        let registry = KmsRegistry::load(&path).unwrap();
+        assert_eq!(registry.client(None).unwrap().connection(), "dev");
+        assert!(matches!(registry.client(Some("prod")), Err(KmsError::UnknownConnection { .. })));
+        assert!(registry.check_ready().is_err(), "the key file does not exist yet");
+        crate::kms::local::KeyFile::update(&dir.path().join("keys.json"), true, |f| f.create_key("k"))
+            .unwrap();
+        registry.check_ready().unwrap();
+    }
+
+    #[test]
+    fn refuses_bad_configurations() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing_default =
+            write(dir.path(), "default: x\nconnections:\n  dev:\n    provider: local\n    keyFile: k\n");
+        assert!(matches!(KmsRegistry::load(&missing_default), Err(ConfigError::MissingDefault { .. })));
+        let unknown_provider = write(dir.path(), "default: x\nconnections:\n  x:\n    provider: vault\n");
+        let err = KmsRegistry::load(&unknown_provider).unwrap_err().to_string();
+        assert!(err.contains("vault"), "{err}");
+        let unknown_field = write(dir.path(), "default: x\nconnections: {}\nextra: 1\n");
+        assert!(KmsRegistry::load(&unknown_field).unwrap_err().to_string().contains("extra"));
+    }
+}
