@@ -5,5 +5,8 @@
 //! KMS providers and the CSI services. Binaries only parse flags and call in here.
 
 pub mod atomic;
+pub mod fs;
+pub mod header;
 pub mod keys;
 pub mod kms;
+pub mod volume;
