@@ -1,0 +1,394 @@
+//! The CSI Node service: unwraps a volume's data key, serves the volume through the FUSE layer at the
+//! staging path, and bind-mounts that view into pods.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use cryptvol_proto::csi::v1 as csi;
+use csi::node_server::Node;
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status};
+
+use super::{InFlight, Phase, kms_status, mount, required, store_status};
+use crate::fs::{Mount, MountOptions};
+use crate::header::{VolumeHeader, VolumeState};
+use crate::kms::Secrets;
+use crate::kms::config::KmsRegistry;
+use crate::volume::BackingStore;
+
+/// A volume this process serves.
+#[derive(Debug)]
+struct Staged {
+    staging_path: PathBuf,
+    mount: Mount,
+    read_only: bool,
+}
+
+/// The Node service.
+#[derive(Debug, Clone)]
+pub struct NodeService {
+    node_id: String,
+    store: BackingStore,
+    kms: Arc<KmsRegistry>,
+    staged: Arc<Mutex<HashMap<String, Staged>>>,
+    in_flight: InFlight,
+    fuse_threads: usize,
+}
+
+/// A NodeStageVolume request, checked.
+#[derive(Debug)]
+pub struct StageVolume {
+    pub volume_id: String,
+    pub staging_path: PathBuf,
+    pub read_only: bool,
+    pub key_arn: Option<String>,
+    pub secrets: Secrets,
+}
+
+impl TryFrom<csi::NodeStageVolumeRequest> for StageVolume {
+    type Error = Status;
+
+    fn try_from(req: csi::NodeStageVolumeRequest) -> Result<Self, Status> {
+        let volume_id = required(&req.volume_id, "volume_id")?.to_string();
+        crate::volume::validate_volume_id(&volume_id).map_err(|e| store_status(&e))?;
+        let staging_path = absolute(&req.staging_target_path, "staging_target_path")?;
+        let cap = req.volume_capability.as_ref().ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+        super::check_capability(cap, "volume_capability").map_err(Status::invalid_argument)?;
+        Ok(StageVolume {
+            volume_id,
+            staging_path,
+            read_only: super::is_read_only_mode(cap),
+            key_arn: req.volume_context.get(super::CTX_KEY_ARN).cloned(),
+            secrets: Secrets::from_map(req.secrets),
+        })
+    }
+}
+
+fn absolute(path: &str, field: &str) -> Result<PathBuf, Status> {
+    let path = PathBuf::from(required(path, field)?);
+    if !path.is_absolute() {
+        return Err(Status::invalid_argument(format!("{field} must be an absolute path")));
+    }
+    Ok(path)
+}
+
+fn io_status(what: &str, path: &Path, err: std::io::Error) -> Status {
+    Status::internal(format!("{what} {}: {err}", path.display()))
+}
+
+impl NodeService {
+    pub fn new(node_id: impl Into<String>, store: BackingStore, kms: Arc<KmsRegistry>) -> Self {
+        NodeService {
+            node_id: node_id.into(),
+            store,
+            kms,
+            staged: Arc::default(),
+            in_flight: InFlight::default(),
+            fuse_threads: 4,
+        }
+    }
+
+    /// Stages a volume: unwrap its key through the KMS and serve it at the staging path.
+    pub async fn stage(&self, req: StageVolume) -> Result<(), Status> {
+        let _guard = self.in_flight.claim(&req.volume_id)?;
+        if let Some(staged) = self.staged.lock().await.get(&req.volume_id) {
+            if staged.staging_path != req.staging_path {
+                return Err(Status::failed_precondition(format!(
+                    "volume {} is already staged at {}",
+                    req.volume_id,
+                    staged.staging_path.display()
+                )));
+            }
+            if mount::is_alive(&req.staging_path) {
+                return Ok(());
+            }
+        }
+        // Whatever is left at the staging path (a dead mount of an earlier process) goes first.
+        if let Some(old) = self.staged.lock().await.remove(&req.volume_id) {
+            drop(old.mount);
+        }
+        mount::unmount(&req.staging_path).map_err(|e| io_status("cannot clear staging path", &req.staging_path, e))?;
+
+        let store = self.store.clone();
+        let id = req.volume_id.clone();
+        let header = tokio::task::spawn_blocking(move || store.header(&id))
+            .await
+            .map_err(|e| Status::unavailable(format!("backing store task failed: {e}")))?
+            .map_err(|e| store_status(&e))?
+            .ok_or_else(|| Status::not_found(format!("volume {} does not exist", req.volume_id)))?;
+        check_header(&header, &req)?;
+
+        let client = self.kms.client(Some(&header.kms_connection)).map_err(|e| kms_status(&e, Phase::Stage))?;
+        let wrapped = header.wrapped_key().ok_or_else(|| Status::not_found("volume is being deleted"))?;
+        let data_key = client
+            .decrypt(&header.key_arn, &wrapped, &req.volume_id, &req.secrets)
+            .await
+            .map_err(|e| kms_status(&e, Phase::Stage))?;
+        let keys = Arc::new(data_key.derive());
+        drop(data_key);
+
+        let store = self.store.clone();
+        let staging = req.staging_path.clone();
+        let options = MountOptions {
+            volume_id: req.volume_id.clone(),
+            read_only: req.read_only,
+            threads: self.fuse_threads,
+        };
+        let mounted = tokio::task::spawn_blocking(move || -> Result<Mount, Status> {
+            seal_or_verify(&store, header, &keys)?;
+            mount::ensure_dir(&staging).map_err(|e| io_status("cannot create staging path", &staging, e))?;
+            let data = store.data_dir(&options.volume_id).map_err(|e| store_status(&e))?;
+            crate::fs::mount(&data, &staging, keys, options)
+                .map_err(|e| Status::internal(format!("cannot serve the volume at {}: {e}", staging.display())))
+        })
+        .await
+        .map_err(|e| Status::unavailable(format!("stage task failed: {e}")))??;
+        tracing::info!(staging_path = %req.staging_path.display(), "volume staged");
+        self.staged.lock().await.insert(
+            req.volume_id,
+            Staged { staging_path: req.staging_path, mount: mounted, read_only: req.read_only },
+        );
+        Ok(())
+    }
+
+    /// Stops serving a volume; its keys are zeroized when the FUSE session ends.
+    pub async fn unstage(&self, volume_id: &str, staging_path: &Path) -> Result<(), Status> {
+        let _guard = self.in_flight.claim(volume_id)?;
+        let staged = self.staged.lock().await.remove(volume_id);
+        let path = staging_path.to_path_buf();
+        tokio::task::spawn_blocking(move || -> Result<(), Status> {
+            if let Some(staged) = staged {
+                if let Err(e) = staged.mount.unmount() {
+                    tracing::warn!(error = %e, "clean unmount failed; detaching");
+                }
+            }
+            mount::unmount(&path).map_err(|e| io_status("cannot unmount", &path, e))
+        })
+        .await
+        .map_err(|e| Status::unavailable(format!("unstage task failed: {e}")))??;
+        tracing::info!("volume unstaged; keys dropped");
+        Ok(())
+    }
+
+    /// Unstages every volume (shutdown).
+    pub async fn unstage_all(&self) {
+        let ids: Vec<(String, PathBuf)> =
+            self.staged.lock().await.iter().map(|(id, s)| (id.clone(), s.staging_path.clone())).collect();
+        for (id, path) in ids {
+            if let Err(e) = self.unstage(&id, &path).await {
+                tracing::warn!(volume_id = %id, error = %e, "unstage at shutdown failed");
+            }
+        }
+    }
+}
+
+fn check_header(header: &VolumeHeader, req: &StageVolume) -> Result<(), Status> {
+    if header.state != VolumeState::Ready {
+        return Err(Status::not_found(format!("volume {} is being deleted", req.volume_id)));
+    }
+    if header.volume_id != req.volume_id {
+        return Err(Status::failed_precondition(format!(
+            "the header in volume directory {} names volume {}",
+            req.volume_id, header.volume_id
+        )));
+    }
+    if let Some(expected) = &req.key_arn {
+        if *expected != header.key_arn {
+            return Err(Status::failed_precondition(format!(
+                "volume {} header names key {}, but the volume was provisioned with {expected}",
+                req.volume_id, header.key_arn
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the header seal, or writes it on the first stage of a fresh volume.
+fn seal_or_verify(store: &BackingStore, mut header: VolumeHeader, keys: &crate::keys::VolumeKeys) -> Result<(), Status> {
+    if header.verify_seal(keys).map_err(|e| super::header_status(&e))? {
+        return Ok(());
+    }
+    // An unsealed header on a volume that already holds files means the seal was stripped.
+    let data = store.data_dir(&header.volume_id).map_err(|e| store_status(&e))?;
+    let used = std::fs::read_dir(&data)
+        .map_err(|e| io_status("cannot read", &data, e))?
+        .filter_map(Result::ok)
+        .any(|entry| !entry.file_name().as_encoded_bytes().starts_with(b"."));
+    if used {
+        return Err(Status::failed_precondition(format!(
+            "volume {} holds data but its header carries no seal: the header was tampered with",
+            header.volume_id
+        )));
+    }
+    header.seal = Some(header.compute_seal(keys));
+    store.update_header(&header).map_err(|e| store_status(&e))
+}
+
+#[tonic::async_trait]
+impl Node for NodeService {
+    #[tracing::instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    async fn node_stage_volume(
+        &self,
+        request: Request<csi::NodeStageVolumeRequest>,
+    ) -> Result<Response<csi::NodeStageVolumeResponse>, Status> {
+        self.stage(StageVolume::try_from(request.into_inner())?).await?;
+        Ok(Response::new(csi::NodeStageVolumeResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    async fn node_unstage_volume(
+        &self,
+        request: Request<csi::NodeUnstageVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnstageVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let id = required(&req.volume_id, "volume_id")?;
+        let path = absolute(&req.staging_target_path, "staging_target_path")?;
+        self.unstage(id, &path).await?;
+        Ok(Response::new(csi::NodeUnstageVolumeResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    async fn node_publish_volume(
+        &self,
+        request: Request<csi::NodePublishVolumeRequest>,
+    ) -> Result<Response<csi::NodePublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let id = required(&req.volume_id, "volume_id")?.to_string();
+        let staging = absolute(&req.staging_target_path, "staging_target_path")?;
+        let target = absolute(&req.target_path, "target_path")?;
+        let cap = req.volume_capability.as_ref().ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+        super::check_capability(cap, "volume_capability").map_err(Status::invalid_argument)?;
+        let _guard = self.in_flight.claim(&id)?;
+        let read_only = {
+            let staged = self.staged.lock().await;
+            let entry = staged
+                .get(&id)
+                .ok_or_else(|| Status::failed_precondition(format!("volume {id} is not staged on this node")))?;
+            if entry.staging_path != staging {
+                return Err(Status::failed_precondition(format!(
+                    "volume {id} is staged at {}, not {}",
+                    entry.staging_path.display(),
+                    staging.display()
+                )));
+            }
+            req.readonly || entry.read_only || super::is_read_only_mode(cap)
+        };
+        tokio::task::spawn_blocking(move || -> Result<(), Status> {
+            if mount::is_mount_point(&target).map_err(|e| io_status("cannot inspect", &target, e))? {
+                if mount::is_alive(&target) {
+                    return Ok(());
+                }
+                mount::unmount(&target).map_err(|e| io_status("cannot clear dead mount", &target, e))?;
+            }
+            mount::ensure_dir(&target).map_err(|e| io_status("cannot create target path", &target, e))?;
+            mount::bind(&staging, &target, read_only).map_err(|e| io_status("cannot bind-mount to", &target, e))
+        })
+        .await
+        .map_err(|e| Status::unavailable(format!("publish task failed: {e}")))??;
+        tracing::info!(target_path = %req.target_path, read_only, "volume published");
+        Ok(Response::new(csi::NodePublishVolumeResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    async fn node_unpublish_volume(
+        &self,
+        request: Request<csi::NodeUnpublishVolumeRequest>,
+    ) -> Result<Response<csi::NodeUnpublishVolumeResponse>, Status> {
+        let req = request.into_inner();
+        let id = required(&req.volume_id, "volume_id")?.to_string();
+        let target = absolute(&req.target_path, "target_path")?;
+        let _guard = self.in_flight.claim(&id)?;
+        tokio::task::spawn_blocking(move || -> Result<(), Status> {
+            mount::unmount(&target).map_err(|e| io_status("cannot unmount", &target, e))?;
+            mount::remove_dir(&target).map_err(|e| io_status("cannot remove", &target, e))
+        })
+        .await
+        .map_err(|e| Status::unavailable(format!("unpublish task failed: {e}")))??;
+        Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
+    }
+
+    #[tracing::instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
+    async fn node_get_volume_stats(
+        &self,
+        request: Request<csi::NodeGetVolumeStatsRequest>,
+    ) -> Result<Response<csi::NodeGetVolumeStatsResponse>, Status> {
+        use csi::volume_usage::Unit;
+        let req = request.into_inner();
+        let id = required(&req.volume_id, "volume_id")?.to_string();
+        let path = absolute(&req.volume_path, "volume_path")?;
+        if !self.staged.lock().await.contains_key(&id) {
+            return Err(Status::not_found(format!("volume {id} is not staged on this node")));
+        }
+        let stats = tokio::task::spawn_blocking(move || match nix::sys::statvfs::statvfs(&path) {
+            Ok(s) => Ok(Ok(s)),
+            Err(nix::errno::Errno::ENOENT) => Err(Status::not_found(format!("volume_path {} does not exist", path.display()))),
+            Err(e) => Ok(Err(e)),
+        })
+        .await
+        .map_err(|e| Status::unavailable(format!("stats task failed: {e}")))??;
+        let response = match stats {
+            Ok(s) => {
+                let frag = s.fragment_size() as i64;
+                let total = s.blocks() as i64 * frag;
+                let available = s.blocks_available() as i64 * frag;
+                let used = (s.blocks() as i64 - s.blocks_free() as i64) * frag;
+                let inodes = s.files() as i64;
+                let inodes_free = s.files_free() as i64;
+                csi::NodeGetVolumeStatsResponse {
+                    usage: vec![
+                        csi::VolumeUsage { available, total, used, unit: Unit::Bytes as i32 },
+                        csi::VolumeUsage {
+                            available: inodes_free,
+                            total: inodes,
+                            used: inodes - inodes_free,
+                            unit: Unit::Inodes as i32,
+                        },
+                    ],
+                    volume_condition: Some(csi::VolumeCondition { abnormal: false, message: "serving".into() }),
+                }
+            }
+            Err(e) => csi::NodeGetVolumeStatsResponse {
+                usage: vec![],
+                volume_condition: Some(csi::VolumeCondition {
+                    abnormal: true,
+                    message: format!("the volume does not answer: {e}"),
+                }),
+            },
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn node_expand_volume(
+        &self,
+        _request: Request<csi::NodeExpandVolumeRequest>,
+    ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
+        Err(Status::unimplemented("node expansion is not needed: capacity lives in the volume header"))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _request: Request<csi::NodeGetCapabilitiesRequest>,
+    ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
+        use csi::node_service_capability::{Rpc, Type, rpc::Type as RpcType};
+        let rpc = |t: RpcType| csi::NodeServiceCapability { r#type: Some(Type::Rpc(Rpc { r#type: t as i32 })) };
+        Ok(Response::new(csi::NodeGetCapabilitiesResponse {
+            capabilities: vec![
+                rpc(RpcType::StageUnstageVolume),
+                rpc(RpcType::GetVolumeStats),
+                rpc(RpcType::VolumeCondition),
+            ],
+        }))
+    }
+
+    async fn node_get_info(
+        &self,
+        _request: Request<csi::NodeGetInfoRequest>,
+    ) -> Result<Response<csi::NodeGetInfoResponse>, Status> {
+        Ok(Response::new(csi::NodeGetInfoResponse {
+            node_id: self.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+}
