@@ -1,5 +1,7 @@
 //! The Container Storage Interface v1 protobuf, compiled for server and client use.
 
+mod redact;
+
 /// The `csi.v1` protobuf package: messages, enums, and the tonic servers and clients.
 pub mod csi {
     /// Generated from `csi.proto` (CSI spec v1.14.0) at build time.
