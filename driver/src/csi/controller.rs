@@ -10,11 +10,11 @@ use cryptvol_proto::csi::v1 as csi;
 use csi::controller_server::Controller;
 use tonic::{Request, Response, Status};
 
-use super::{InFlight, Phase, kms_status, required, store_status};
+use super::{kms_status, required, store_status, InFlight, Phase};
 use crate::header::{VolumeHeader, VolumeState};
-use crate::kms::Secrets;
 use crate::kms::config::KmsRegistry;
-use crate::volume::{BackingStore, Created, volume_id_for_name};
+use crate::kms::Secrets;
+use crate::volume::{volume_id_for_name, BackingStore, Created};
 
 /// Capacity when a request gives no range: 1 GiB.
 pub const DEFAULT_CAPACITY: u64 = 1 << 30;
@@ -41,7 +41,8 @@ impl TryFrom<csi::CreateVolumeRequest> for CreateVolume {
             return Err(Status::invalid_argument("volume_capabilities is required"));
         }
         for (i, cap) in req.volume_capabilities.iter().enumerate() {
-            super::check_capability(cap, &format!("volume_capabilities[{i}]")).map_err(Status::invalid_argument)?;
+            super::check_capability(cap, &format!("volume_capabilities[{i}]"))
+                .map_err(Status::invalid_argument)?;
         }
         if req.volume_content_source.is_some() {
             return Err(Status::invalid_argument(
@@ -68,11 +69,14 @@ impl TryFrom<csi::CreateVolumeRequest> for CreateVolume {
                 super::PARAM_KMS_CONNECTION
             )));
         }
-        let key_id = key_id
-            .filter(|k| !k.is_empty())
-            .ok_or_else(|| Status::invalid_argument(format!("parameter {} is required", super::PARAM_KMS_KEY_ID)))?;
+        let key_id = key_id.filter(|k| !k.is_empty()).ok_or_else(|| {
+            Status::invalid_argument(format!("parameter {} is required", super::PARAM_KMS_KEY_ID))
+        })?;
         if connection.as_deref() == Some("") {
-            return Err(Status::invalid_argument(format!("parameter {} is empty", super::PARAM_KMS_CONNECTION)));
+            return Err(Status::invalid_argument(format!(
+                "parameter {} is empty",
+                super::PARAM_KMS_CONNECTION
+            )));
         }
         let volume_id = volume_id_for_name(&name);
         Ok(CreateVolume {
@@ -133,7 +137,8 @@ impl ControllerService {
     /// Provisions a volume (or finds the one an earlier call made).
     pub async fn create(&self, req: CreateVolume) -> Result<VolumeHeader, Status> {
         let _guard = self.in_flight.claim(&req.volume_id)?;
-        let client = self.kms.client(req.connection.as_deref()).map_err(|e| kms_status(&e, Phase::Provision))?;
+        let client =
+            self.kms.client(req.connection.as_deref()).map_err(|e| kms_status(&e, Phase::Provision))?;
         let existing = self.blocking_header(&req.volume_id).await?;
         if let Some(existing) = &existing {
             // A retry that names the stored key exactly needs no KMS call.
@@ -175,7 +180,12 @@ impl ControllerService {
         }
     }
 
-    fn compare_existing(&self, req: &CreateVolume, existing: VolumeHeader, key_arn: &str) -> Result<VolumeHeader, Status> {
+    fn compare_existing(
+        &self,
+        req: &CreateVolume,
+        existing: VolumeHeader,
+        key_arn: &str,
+    ) -> Result<VolumeHeader, Status> {
         let connection = req.connection.as_deref().unwrap_or(self.kms.default_connection());
         let conflict = if existing.state != VolumeState::Ready {
             Some("it is being deleted".to_string())
@@ -322,7 +332,10 @@ impl Controller for ControllerService {
             None
         } else {
             let id = req.starting_token.strip_prefix(PAGE_TOKEN_PREFIX).ok_or_else(|| {
-                Status::aborted(format!("starting_token {:?} was not issued by this plugin", req.starting_token))
+                Status::aborted(format!(
+                    "starting_token {:?} was not issued by this plugin",
+                    req.starting_token
+                ))
             })?;
             Some(id.to_string())
         };
@@ -409,7 +422,8 @@ impl Controller for ControllerService {
     ) -> Result<Response<csi::ControllerExpandVolumeResponse>, Status> {
         let req = request.into_inner();
         let id = required(&req.volume_id, "volume_id")?.to_string();
-        let range = req.capacity_range.ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
+        let range =
+            req.capacity_range.ok_or_else(|| Status::invalid_argument("capacity_range is required"))?;
         let (required_bytes, limit_bytes) = capacity_range(Some(&range))?;
         if required_bytes == 0 && limit_bytes == 0 {
             return Err(Status::invalid_argument("capacity_range must give required_bytes or limit_bytes"));
@@ -452,5 +466,33 @@ impl Controller for ControllerService {
         _request: Request<csi::ControllerModifyVolumeRequest>,
     ) -> Result<Response<csi::ControllerModifyVolumeResponse>, Status> {
         Err(Status::unimplemented("ControllerModifyVolume is not offered"))
+    }
+
+    async fn controller_list_volume_health(
+        &self,
+        _request: Request<csi::ControllerListVolumeHealthRequest>,
+    ) -> Result<Response<csi::ControllerListVolumeHealthResponse>, Status> {
+        Err(Status::unimplemented("volume health is not offered"))
+    }
+
+    async fn controller_get_volume_health(
+        &self,
+        _request: Request<csi::ControllerGetVolumeHealthRequest>,
+    ) -> Result<Response<csi::ControllerGetVolumeHealthResponse>, Status> {
+        Err(Status::unimplemented("volume health is not offered"))
+    }
+
+    async fn get_snapshot(
+        &self,
+        _request: Request<csi::GetSnapshotRequest>,
+    ) -> Result<Response<csi::GetSnapshotResponse>, Status> {
+        Err(Status::unimplemented("snapshots are not supported"))
+    }
+
+    async fn controller_get_node_info(
+        &self,
+        _request: Request<csi::ControllerGetNodeInfoRequest>,
+    ) -> Result<Response<csi::ControllerGetNodeInfoResponse>, Status> {
+        Err(Status::unimplemented("ControllerGetNodeInfo is not offered"))
     }
 }

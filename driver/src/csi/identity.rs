@@ -57,7 +57,10 @@ impl Identity for IdentityService {
     }
 
     #[tracing::instrument(skip_all)]
-    async fn probe(&self, _request: Request<csi::ProbeRequest>) -> Result<Response<csi::ProbeResponse>, Status> {
+    async fn probe(
+        &self,
+        _request: Request<csi::ProbeRequest>,
+    ) -> Result<Response<csi::ProbeResponse>, Status> {
         let this = self.clone();
         let ready = tokio::task::spawn_blocking(move || this.readiness())
             .await

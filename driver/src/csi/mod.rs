@@ -115,10 +115,13 @@ pub fn check_capability(cap: &csi::VolumeCapability, field: &str) -> Result<(), 
     use csi::volume_capability::AccessType;
     match &cap.access_type {
         Some(AccessType::Mount(_)) => {}
-        Some(AccessType::Block(_)) => return Err(format!("{field}: block access is not supported; cryptvol serves filesystems")),
+        Some(AccessType::Block(_)) => {
+            return Err(format!("{field}: block access is not supported; cryptvol serves filesystems"))
+        }
         None => return Err(format!("{field}.access_type is required")),
     }
-    let mode = cap.access_mode.as_ref().map(|m| m.mode).ok_or_else(|| format!("{field}.access_mode is required"))?;
+    let mode =
+        cap.access_mode.as_ref().map(|m| m.mode).ok_or_else(|| format!("{field}.access_mode is required"))?;
     match Mode::try_from(mode) {
         Ok(Mode::Unknown) | Err(_) => Err(format!("{field}.access_mode {mode} is not a known access mode")),
         Ok(

@@ -9,7 +9,9 @@ use nix::mount::{MntFlags, MsFlags};
 pub fn is_mount_point(path: &Path) -> io::Result<bool> {
     let path = normalize(path);
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;
-    Ok(info.lines().any(|line| line.split(' ').nth(4).map(unescape).as_deref() == Some(path.as_os_str().as_encoded_bytes())))
+    Ok(info.lines().any(|line| {
+        line.split(' ').nth(4).map(unescape).as_deref() == Some(path.as_os_str().as_encoded_bytes())
+    }))
 }
 
 /// Whether the mount at `path` answers: a stat that fails with ENOTCONN, ESTALE or EIO means its server is gone.
@@ -66,7 +68,9 @@ pub fn remove_dir(dir: &Path) -> io::Result<()> {
 fn normalize(path: &Path) -> PathBuf {
     // Canonicalize the parent only: the path itself may be a dead mount that cannot be resolved.
     match (path.parent(), path.file_name()) {
-        (Some(parent), Some(name)) => parent.canonicalize().unwrap_or_else(|_| parent.to_path_buf()).join(name),
+        (Some(parent), Some(name)) => {
+            parent.canonicalize().unwrap_or_else(|_| parent.to_path_buf()).join(name)
+        }
         _ => path.to_path_buf(),
     }
 }
@@ -77,7 +81,10 @@ fn unescape(field: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+        {
             out.push((bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0'));
             i += 4;
         } else {

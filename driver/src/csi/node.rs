@@ -10,11 +10,11 @@ use csi::node_server::Node;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
-use super::{InFlight, Phase, kms_status, mount, required, store_status};
+use super::{kms_status, mount, required, store_status, InFlight, Phase};
 use crate::fs::{Mount, MountOptions};
 use crate::header::{VolumeHeader, VolumeState};
-use crate::kms::Secrets;
 use crate::kms::config::KmsRegistry;
+use crate::kms::Secrets;
 use crate::volume::BackingStore;
 
 /// A volume this process serves.
@@ -53,7 +53,10 @@ impl TryFrom<csi::NodeStageVolumeRequest> for StageVolume {
         let volume_id = required(&req.volume_id, "volume_id")?.to_string();
         crate::volume::validate_volume_id(&volume_id).map_err(|e| store_status(&e))?;
         let staging_path = absolute(&req.staging_target_path, "staging_target_path")?;
-        let cap = req.volume_capability.as_ref().ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+        let cap = req
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
         super::check_capability(cap, "volume_capability").map_err(Status::invalid_argument)?;
         Ok(StageVolume {
             volume_id,
@@ -108,7 +111,8 @@ impl NodeService {
         if let Some(old) = self.staged.lock().await.remove(&req.volume_id) {
             drop(old.mount);
         }
-        mount::unmount(&req.staging_path).map_err(|e| io_status("cannot clear staging path", &req.staging_path, e))?;
+        mount::unmount(&req.staging_path)
+            .map_err(|e| io_status("cannot clear staging path", &req.staging_path, e))?;
 
         let store = self.store.clone();
         let id = req.volume_id.clone();
@@ -119,7 +123,8 @@ impl NodeService {
             .ok_or_else(|| Status::not_found(format!("volume {} does not exist", req.volume_id)))?;
         check_header(&header, &req)?;
 
-        let client = self.kms.client(Some(&header.kms_connection)).map_err(|e| kms_status(&e, Phase::Stage))?;
+        let client =
+            self.kms.client(Some(&header.kms_connection)).map_err(|e| kms_status(&e, Phase::Stage))?;
         let wrapped = header.wrapped_key().ok_or_else(|| Status::not_found("volume is being deleted"))?;
         let data_key = client
             .decrypt(&header.key_arn, &wrapped, &req.volume_id, &req.secrets)
@@ -139,8 +144,9 @@ impl NodeService {
             seal_or_verify(&store, header, &keys)?;
             mount::ensure_dir(&staging).map_err(|e| io_status("cannot create staging path", &staging, e))?;
             let data = store.data_dir(&options.volume_id).map_err(|e| store_status(&e))?;
-            crate::fs::mount(&data, &staging, keys, options)
-                .map_err(|e| Status::internal(format!("cannot serve the volume at {}: {e}", staging.display())))
+            crate::fs::mount(&data, &staging, keys, options).map_err(|e| {
+                Status::internal(format!("cannot serve the volume at {}: {e}", staging.display()))
+            })
         })
         .await
         .map_err(|e| Status::unavailable(format!("stage task failed: {e}")))??;
@@ -205,7 +211,11 @@ fn check_header(header: &VolumeHeader, req: &StageVolume) -> Result<(), Status> 
 }
 
 /// Checks the header seal, or writes it on the first stage of a fresh volume.
-fn seal_or_verify(store: &BackingStore, mut header: VolumeHeader, keys: &crate::keys::VolumeKeys) -> Result<(), Status> {
+fn seal_or_verify(
+    store: &BackingStore,
+    mut header: VolumeHeader,
+    keys: &crate::keys::VolumeKeys,
+) -> Result<(), Status> {
     if header.verify_seal(keys).map_err(|e| super::header_status(&e))? {
         return Ok(());
     }
@@ -257,14 +267,17 @@ impl Node for NodeService {
         let id = required(&req.volume_id, "volume_id")?.to_string();
         let staging = absolute(&req.staging_target_path, "staging_target_path")?;
         let target = absolute(&req.target_path, "target_path")?;
-        let cap = req.volume_capability.as_ref().ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
+        let cap = req
+            .volume_capability
+            .as_ref()
+            .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
         super::check_capability(cap, "volume_capability").map_err(Status::invalid_argument)?;
         let _guard = self.in_flight.claim(&id)?;
         let read_only = {
             let staged = self.staged.lock().await;
-            let entry = staged
-                .get(&id)
-                .ok_or_else(|| Status::failed_precondition(format!("volume {id} is not staged on this node")))?;
+            let entry = staged.get(&id).ok_or_else(|| {
+                Status::failed_precondition(format!("volume {id} is not staged on this node"))
+            })?;
             if entry.staging_path != staging {
                 return Err(Status::failed_precondition(format!(
                     "volume {id} is staged at {}, not {}",
@@ -282,7 +295,8 @@ impl Node for NodeService {
                 mount::unmount(&target).map_err(|e| io_status("cannot clear dead mount", &target, e))?;
             }
             mount::ensure_dir(&target).map_err(|e| io_status("cannot create target path", &target, e))?;
-            mount::bind(&staging, &target, read_only).map_err(|e| io_status("cannot bind-mount to", &target, e))
+            mount::bind(&staging, &target, read_only)
+                .map_err(|e| io_status("cannot bind-mount to", &target, e))
         })
         .await
         .map_err(|e| Status::unavailable(format!("publish task failed: {e}")))??;
@@ -322,7 +336,9 @@ impl Node for NodeService {
         }
         let stats = tokio::task::spawn_blocking(move || match nix::sys::statvfs::statvfs(&path) {
             Ok(s) => Ok(Ok(s)),
-            Err(nix::errno::Errno::ENOENT) => Err(Status::not_found(format!("volume_path {} does not exist", path.display()))),
+            Err(nix::errno::Errno::ENOENT) => {
+                Err(Status::not_found(format!("volume_path {} does not exist", path.display())))
+            }
             Err(e) => Ok(Err(e)),
         })
         .await
@@ -345,16 +361,11 @@ impl Node for NodeService {
                             unit: Unit::Inodes as i32,
                         },
                     ],
-                    volume_condition: Some(csi::VolumeCondition { abnormal: false, message: "serving".into() }),
                 }
             }
-            Err(e) => csi::NodeGetVolumeStatsResponse {
-                usage: vec![],
-                volume_condition: Some(csi::VolumeCondition {
-                    abnormal: true,
-                    message: format!("the volume does not answer: {e}"),
-                }),
-            },
+            Err(e) => {
+                return Err(Status::unavailable(format!("volume {} does not answer: {e}", req.volume_id)));
+            }
         };
         Ok(Response::new(response))
     }
@@ -370,14 +381,11 @@ impl Node for NodeService {
         &self,
         _request: Request<csi::NodeGetCapabilitiesRequest>,
     ) -> Result<Response<csi::NodeGetCapabilitiesResponse>, Status> {
-        use csi::node_service_capability::{Rpc, Type, rpc::Type as RpcType};
-        let rpc = |t: RpcType| csi::NodeServiceCapability { r#type: Some(Type::Rpc(Rpc { r#type: t as i32 })) };
+        use csi::node_service_capability::{rpc::Type as RpcType, Rpc, Type};
+        let rpc =
+            |t: RpcType| csi::NodeServiceCapability { r#type: Some(Type::Rpc(Rpc { r#type: t as i32 })) };
         Ok(Response::new(csi::NodeGetCapabilitiesResponse {
-            capabilities: vec![
-                rpc(RpcType::StageUnstageVolume),
-                rpc(RpcType::GetVolumeStats),
-                rpc(RpcType::VolumeCondition),
-            ],
+            capabilities: vec![rpc(RpcType::StageUnstageVolume), rpc(RpcType::GetVolumeStats)],
         }))
     }
 
@@ -390,5 +398,19 @@ impl Node for NodeService {
             max_volumes_per_node: 0,
             accessible_topology: None,
         }))
+    }
+
+    async fn node_get_volume_health(
+        &self,
+        _request: Request<csi::NodeGetVolumeHealthRequest>,
+    ) -> Result<Response<csi::NodeGetVolumeHealthResponse>, Status> {
+        Err(Status::unimplemented("volume health is not offered"))
+    }
+
+    async fn node_get_storage_health(
+        &self,
+        _request: Request<csi::NodeGetStorageHealthRequest>,
+    ) -> Result<Response<csi::NodeGetStorageHealthResponse>, Status> {
+        Err(Status::unimplemented("storage health is not offered"))
     }
 }
