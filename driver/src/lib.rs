@@ -5,9 +5,13 @@
 //! KMS providers and the CSI services. Binaries only parse flags and call in here.
 
 pub mod atomic;
+pub mod cli;
 pub mod csi;
 pub mod fs;
 pub mod header;
 pub mod keys;
 pub mod kms;
+pub mod plugin;
+pub mod server;
+pub mod telemetry;
 pub mod volume;

@@ -109,7 +109,10 @@ impl NodeService {
         }
         // Whatever is left at the staging path (a dead mount of an earlier process) goes first.
         if let Some(old) = self.staged.lock().await.remove(&req.volume_id) {
-            drop(old.mount);
+            // Dropping the handle ends the dead session and its keys.
+            if let Err(e) = old.mount.unmount() {
+                tracing::warn!(error = %e, "dead mount did not unmount cleanly");
+            }
         }
         mount::unmount(&req.staging_path)
             .map_err(|e| io_status("cannot clear staging path", &req.staging_path, e))?;

@@ -1,1 +1,0 @@
-//! The cryptvol controller plugin: serves the CSI Identity and Controller services.
