@@ -1,5 +1,5 @@
 //! An in-process cryptvol (controller and node services on Unix sockets in a temp dir) for tests.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
