@@ -4,4 +4,6 @@
 //! its subkeys, the volume header, the content and name ciphers, the FUSE encryption layer, the
 //! KMS providers and the CSI services. Binaries only parse flags and call in here.
 
+pub mod cipher;
+pub mod fs;
 pub mod keys;
