@@ -1,27 +1,169 @@
-//! Placeholder until the FUSE layer lands.
-use std::path::Path;
+//! The FUSE encryption layer: mounts the encrypted view of a backing directory, served by
+//! threads of this process.
+//!
+//! File contents, names and symlink targets are encrypted as `docs/FORMAT.md` specifies; what a
+//! user can and cannot do on a mounted volume is in `docs/SEMANTICS.md`.
+
+mod content;
+mod dir;
+mod error;
+mod fuse;
+mod inode;
+mod ops;
+mod sys;
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-pub fn init_root(backing_dir: &Path) -> std::io::Result<()> {
-    std::fs::write(backing_dir.join(".cvdir"), [0u8; 16])
-}
-#[derive(Debug)]
+
+use fuser::{BackgroundSession, Config, MountOption, SessionACL};
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+pub use content::MAX_FILE_SIZE;
+pub use error::FsError;
+
+use crate::cipher::names::{classify, EntryKind, DIR_ID_FILE};
+use crate::keys::VolumeKeys;
+use error::BackingResult;
+use ops::CryptFs;
+
+/// How a volume is mounted.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOptions {
+    /// The volume id, carried by every log line of the mount.
     pub volume_id: String,
+    /// Mount read-only (`ro`): the kernel refuses every change.
     pub read_only: bool,
+    /// Threads serving kernel requests (at least 1; default 4).
     pub threads: usize,
 }
-#[derive(Debug)]
-pub struct Mount;
-impl Mount {
-    pub fn unmount(self) -> std::io::Result<()> {
-        Ok(())
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions { volume_id: String::new(), read_only: false, threads: 4 }
     }
 }
+
+/// Prepares an empty backing directory as an encrypted volume root by writing the root directory
+/// id. Idempotent: a directory that already holds a valid root id is left as it is. Files whose
+/// names start with `.` may already be present (they are never listed); anything else is refused.
+pub fn init_root(backing_dir: &Path) -> Result<(), FsError> {
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let root = nix::fcntl::open(backing_dir, flags, Mode::empty()).op("open")?;
+    let st = sys::stat(root.as_fd())?;
+    match dir::read_dir_id(root.as_fd(), st.st_ino) {
+        Ok(_) => return Ok(()),
+        Err(FsError::DirId { .. }) => {}
+        Err(err) => return Err(err),
+    }
+    let listing = std::fs::read_dir(backing_dir).map_err(FsError::Io)?;
+    for entry in listing {
+        let name = entry.map_err(FsError::Io)?.file_name();
+        let present = name.as_encoded_bytes();
+        // A damaged id file must never be replaced: every name in the volume depends on it.
+        if present == DIR_ID_FILE.as_bytes() || classify(present) != EntryKind::Internal {
+            return Err(FsError::NotAVolumeRoot(backing_dir.to_path_buf()));
+        }
+    }
+    dir::write_dir_id(root.as_fd(), &dir::new_dir_id()?)?;
+    let synced = std::fs::File::open(backing_dir).and_then(|d| d.sync_all());
+    synced.map_err(FsError::Io)
+}
+
+/// Mounts the encrypted view of `backing_dir` at `mountpoint` (`allow_other`,
+/// `default_permissions`, `nodev`, `nosuid`), served by `opts.threads` threads of this process.
+/// Returns once the kernel has completed the FUSE handshake, so the mount is live.
 pub fn mount(
-    _b: &Path,
-    _m: &Path,
-    _k: Arc<crate::keys::VolumeKeys>,
-    _o: MountOptions,
-) -> std::io::Result<Mount> {
-    Err(std::io::Error::other("placeholder"))
+    backing_dir: &Path,
+    mountpoint: &Path,
+    keys: Arc<VolumeKeys>,
+    opts: MountOptions,
+) -> Result<Mount, FsError> {
+    sys::raise_nofile_limit();
+    let fs = Arc::new(CryptFs::new(backing_dir, keys, opts.volume_id.clone(), opts.read_only)?);
+    let mountpoint = mountpoint.canonicalize().map_err(|source| mount_error(mountpoint, source))?;
+
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName("cryptvol".into()),
+        MountOption::Subtype("cryptvol".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        if opts.read_only { MountOption::RO } else { MountOption::RW },
+    ];
+    config.acl = SessionACL::All;
+    config.n_threads = Some(opts.threads.max(1));
+    config.clone_fd = true;
+
+    let adapter = fuse::FuseAdapter::new(Arc::clone(&fs));
+    let session = fuser::Session::new(adapter, &mountpoint, &config)
+        .and_then(fuser::Session::spawn)
+        .map_err(|source| mount_error(&mountpoint, source))?;
+    tracing::info!(volume_id = %opts.volume_id, mountpoint = %mountpoint.display(), "volume mounted");
+    Ok(Mount { mountpoint, volume_id: opts.volume_id, session: Some(session), fs })
+}
+
+fn mount_error(path: &Path, source: std::io::Error) -> FsError {
+    FsError::Mount { path: path.to_path_buf(), source }
+}
+
+/// A live mount. Dropping it unmounts.
+pub struct Mount {
+    mountpoint: PathBuf,
+    volume_id: String,
+    session: Option<BackgroundSession>,
+    fs: Arc<CryptFs>,
+}
+
+impl Mount {
+    /// The (canonical) mountpoint.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Unmounts and waits for the serving threads to finish, which drops every key. When the
+    /// mount is busy (open files, a working directory inside), it is detached instead (`umount
+    /// -l`): it disappears from the namespace at once, the keys are dropped at once, and the
+    /// kernel ends the session when its last user leaves; requests until then fail with ENOKEY.
+    pub fn unmount(mut self) -> Result<(), FsError> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), FsError> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        let unmounted = session.umount_and_join();
+        self.fs.drop_keys();
+        let Err(err) = unmounted else {
+            tracing::info!(volume_id = %self.volume_id, mountpoint = %self.mountpoint.display(), "volume unmounted");
+            return Ok(());
+        };
+        tracing::warn!(volume_id = %self.volume_id, error = %err, "unmount failed; detaching lazily");
+        match nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH) {
+            // EINVAL: no longer a mountpoint, so the first attempt did unmount.
+            Ok(()) | Err(nix::errno::Errno::EINVAL) => Ok(()),
+            Err(errno) => Err(mount_error(&self.mountpoint, std::io::Error::from(errno))),
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if let Err(err) = self.shutdown() {
+            tracing::error!(volume_id = %self.volume_id, error = %err, "could not unmount");
+        }
+    }
+}
+
+impl std::fmt::Debug for Mount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mount")
+            .field("mountpoint", &self.mountpoint)
+            .field("volume_id", &self.volume_id)
+            .field("mounted", &self.session.is_some())
+            .finish_non_exhaustive()
+    }
 }

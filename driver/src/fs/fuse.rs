@@ -1,0 +1,346 @@
+//! The fuser `Filesystem` adapter: decode a request, call [`CryptFs`], encode the reply.
+//!
+//! Each callback opens a span named for its operation class with the volume id and node id, and
+//! every failure is logged once here, at error level when it means tampering or a wrong key.
+
+use std::ffi::OsStr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fuser::{
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+
+use super::error::FsError;
+use super::ops::{Caller, CryptFs, SetAttr};
+
+/// How long the kernel may cache attributes and entries. All changes go through this mount, so
+/// the kernel's own bookkeeping keeps the cache right; the timeout bounds staleness when the
+/// backing store is changed behind the mount.
+const TTL: Duration = Duration::from_secs(1);
+
+/// Largest read or write request the kernel is asked to send.
+const MAX_REQUEST: u32 = 1 << 20;
+
+/// Serves one [`CryptFs`] to the kernel.
+#[derive(Debug)]
+pub(crate) struct FuseAdapter {
+    fs: Arc<CryptFs>,
+}
+
+impl FuseAdapter {
+    pub(crate) fn new(fs: Arc<CryptFs>) -> Self {
+        FuseAdapter { fs }
+    }
+
+    fn span(&self, op: &'static str, ino: INodeNo) -> tracing::span::EnteredSpan {
+        tracing::debug_span!("fuse", op, volume_id = %self.fs.volume_id(), ino = ino.0).entered()
+    }
+
+    /// Logs a failure and returns the errno to reply with.
+    fn fail(&self, op: &'static str, ino: INodeNo, err: FsError) -> Errno {
+        let volume_id = self.fs.volume_id();
+        if let FsError::BlockAuthentication { ino: file, block } = err {
+            tracing::error!(volume_id, file, block, op, "content block failed authentication");
+        } else if err.is_integrity_failure() {
+            tracing::error!(volume_id, file = ino.0, op, error = %err, "integrity check failed");
+        } else {
+            tracing::debug!(volume_id, ino = ino.0, op, error = %err, "operation failed");
+        }
+        Errno::from_i32(err.errno() as i32)
+    }
+
+    fn reply_entry(
+        &self,
+        op: &'static str,
+        ino: INodeNo,
+        result: Result<fuser::FileAttr, FsError>,
+        reply: ReplyEntry,
+    ) {
+        match result {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(err) => reply.error(self.fail(op, ino, err)),
+        }
+    }
+
+    fn reply_empty(&self, op: &'static str, ino: INodeNo, result: Result<(), FsError>, reply: ReplyEmpty) {
+        match result {
+            Ok(()) => reply.ok(),
+            Err(err) => reply.error(self.fail(op, ino, err)),
+        }
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid() }
+}
+
+impl Filesystem for FuseAdapter {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        if let Err(nearest) = config.set_max_write(MAX_REQUEST) {
+            let _ = config.set_max_write(nearest);
+        }
+        if let Err(nearest) = config.set_max_readahead(MAX_REQUEST) {
+            let _ = config.set_max_readahead(nearest);
+        }
+        // Lookups and listings of one directory may run in parallel; changes stay serialized by
+        // the kernel's directory lock.
+        let _ = config.add_capabilities(InitFlags::FUSE_PARALLEL_DIROPS);
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _span = self.span("lookup", parent);
+        let result = self.fs.lookup(parent.0, name);
+        if let Err(FsError::Backing { errno: nix::errno::Errno::ENOENT, .. }) = result {
+            return reply.error(Errno::ENOENT);
+        }
+        self.reply_entry("lookup", parent, result, reply);
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.fs.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _span = self.span("getattr", ino);
+        match self.fs.getattr(ino.0) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(err) => reply.error(self.fail("getattr", ino, err)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<std::time::SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<std::time::SystemTime>,
+        _chgtime: Option<std::time::SystemTime>,
+        _bkuptime: Option<std::time::SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let _span = self.span("setattr", ino);
+        let set = SetAttr { mode, uid, gid, size, atime, mtime, fh: fh.map(|fh| fh.0) };
+        match self.fs.setattr(ino.0, set) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(err) => reply.error(self.fail("setattr", ino, err)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let _span = self.span("readlink", ino);
+        match self.fs.readlink(ino.0) {
+            Ok(target) => reply.data(&target),
+            Err(err) => reply.error(self.fail("readlink", ino, err)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        let _span = self.span("mknod", parent);
+        self.reply_entry("mknod", parent, self.fs.mknod(parent.0, name, mode, caller(req)), reply);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let _span = self.span("mkdir", parent);
+        self.reply_entry("mkdir", parent, self.fs.mkdir(parent.0, name, mode, caller(req)), reply);
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = self.span("unlink", parent);
+        self.reply_empty("unlink", parent, self.fs.unlink(parent.0, name), reply);
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = self.span("rmdir", parent);
+        self.reply_empty("rmdir", parent, self.fs.rmdir(parent.0, name), reply);
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let _span = self.span("symlink", parent);
+        self.reply_entry("symlink", parent, self.fs.symlink(parent.0, link_name, target, caller(req)), reply);
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let _span = self.span("rename", parent);
+        let result = self.fs.rename(parent.0, name, newparent.0, newname, flags.bits());
+        self.reply_empty("rename", parent, result, reply);
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let _span = self.span("link", ino);
+        self.reply_entry("link", ino, self.fs.link(ino.0, newparent.0, newname), reply);
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _span = self.span("open", ino);
+        match self.fs.open(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(err) => reply.error(self.fail("open", ino, err)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let _span = self.span("read", ino);
+        match self.fs.read(fh.0, offset, size) {
+            Ok(data) => reply.data(&data),
+            Err(err) => reply.error(self.fail("read", ino, err)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let _span = self.span("write", ino);
+        let append = flags.0 & libc::O_APPEND != 0;
+        match self.fs.write(fh.0, offset, data, append) {
+            Ok(written) => reply.written(written),
+            Err(err) => reply.error(self.fail("write", ino, err)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        let _span = self.span("flush", ino);
+        self.reply_empty("flush", ino, self.fs.flush(fh.0), reply);
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
+        let _span = self.span("fsync", ino);
+        self.reply_empty("fsync", ino, self.fs.fsync(fh.0, datasync), reply);
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let _span = self.span("opendir", ino);
+        match self.fs.opendir(ino.0) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(err) => reply.error(self.fail("opendir", ino, err)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let _span = self.span("readdir", ino);
+        let (entries, start) = match self.fs.readdir(fh.0, offset) {
+            Ok(listing) => listing,
+            Err(err) => return reply.error(self.fail("readdir", ino, err)),
+        };
+        for (index, entry) in entries.iter().enumerate().skip(start) {
+            // The offset of an entry is the position of the next one.
+            if reply.add(INodeNo(entry.ino), index as u64 + 1, entry.kind, &entry.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.fs.release(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        let _span = self.span("statfs", ino);
+        match self.fs.statfs() {
+            Ok(st) => reply.statfs(
+                st.blocks(),
+                st.blocks_free(),
+                st.blocks_available(),
+                st.files(),
+                st.files_free(),
+                st.block_size() as u32,
+                crate::cipher::names::MAX_NAME_LEN as u32,
+                st.fragment_size() as u32,
+            ),
+            Err(err) => reply.error(self.fail("statfs", ino, err)),
+        }
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let _span = self.span("create", parent);
+        match self.fs.create(parent.0, name, mode, caller(req)) {
+            Ok((attr, fh)) => reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Err(err) => reply.error(self.fail("create", parent, err)),
+        }
+    }
+}

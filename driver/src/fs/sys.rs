@@ -1,0 +1,116 @@
+//! Thin wrappers over the `*at` system calls the file system is built on.
+//!
+//! Every backing object the kernel knows is held as an `O_PATH | O_NOFOLLOW` descriptor; these
+//! helpers open, inspect and reopen through such descriptors so no path is ever resolved twice.
+
+use std::ffi::{CStr, CString, OsStr};
+use std::fs::File;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+
+use nix::fcntl::{openat, OFlag};
+use nix::sys::stat::{fstat, FileStat, Mode};
+
+use super::error::{BackingResult, FsError};
+use crate::cipher::random_bytes;
+
+/// Opens `name` in directory `dir` as an `O_PATH` handle without following a final symlink.
+pub(crate) fn open_path(dir: BorrowedFd<'_>, name: &OsStr) -> Result<OwnedFd, FsError> {
+    openat(dir, name, OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC, Mode::empty()).op("openat")
+}
+
+/// `fstat` of any descriptor, `O_PATH` ones included.
+pub(crate) fn stat(fd: BorrowedFd<'_>) -> Result<FileStat, FsError> {
+    fstat(fd).op("fstat")
+}
+
+/// `/proc/self/fd/N`: the path through which an `O_PATH` descriptor's object is reopened.
+pub(crate) fn proc_path(fd: BorrowedFd<'_>) -> CString {
+    let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    match CString::new(path) {
+        Ok(path) => path,
+        Err(_) => unreachable!("a formatted integer holds no NUL byte"),
+    }
+}
+
+/// Opens the object behind `fd` for I/O with `flags`.
+pub(crate) fn reopen(fd: BorrowedFd<'_>, flags: OFlag) -> Result<File, FsError> {
+    let path = proc_path(fd);
+    let owned = nix::fcntl::open(path.as_c_str(), flags | OFlag::O_CLOEXEC, Mode::empty()).op("open")?;
+    Ok(File::from(owned))
+}
+
+/// Reads exactly `buf.len()` bytes at `offset`; a short file is an I/O error.
+pub(crate) fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> Result<(), FsError> {
+    file.read_exact_at(buf, offset).map_err(FsError::Io)
+}
+
+/// Writes all of `buf` at `offset`.
+pub(crate) fn write_all_at(file: &File, buf: &[u8], offset: u64) -> Result<(), FsError> {
+    file.write_all_at(buf, offset).map_err(FsError::Io)
+}
+
+/// Truncates or extends a backing file.
+pub(crate) fn set_len(file: &File, len: u64) -> Result<(), FsError> {
+    file.set_len(len).map_err(FsError::Io)
+}
+
+/// A name for a temporary entry: `.cvtmp-` and 16 random hex digits. The leading dot keeps it out
+/// of directory listings.
+pub(crate) fn temp_name() -> Result<CString, FsError> {
+    let mut random = [0u8; 8];
+    random_bytes(&mut random).map_err(|_| FsError::Random)?;
+    CString::new(format!(".cvtmp-{}", hex::encode(random))).map_err(|_| FsError::Random)
+}
+
+/// Writes `contents` to a new file `name` in `dir` atomically: a temporary file is written,
+/// synced and renamed over `name`.
+pub(crate) fn write_file_atomic(dir: BorrowedFd<'_>, name: &CStr, contents: &[u8]) -> Result<(), FsError> {
+    let tmp = temp_name()?;
+    let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC;
+    let fd = openat(dir, tmp.as_c_str(), flags, Mode::from_bits_truncate(0o644)).op("openat")?;
+    let file = File::from(fd);
+    let written = write_all_at(&file, contents, 0).and_then(|()| file.sync_data().map_err(FsError::Io));
+    drop(file);
+    let renamed = written.and_then(|()| nix::fcntl::renameat(dir, tmp.as_c_str(), dir, name).op("renameat"));
+    if renamed.is_err() {
+        let _ = nix::unistd::unlinkat(dir, tmp.as_c_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+    }
+    renamed
+}
+
+/// Reads a small file `name` in `dir`, refusing anything longer than `max` bytes.
+pub(crate) fn read_small_file(dir: BorrowedFd<'_>, name: &CStr, max: usize) -> Result<Vec<u8>, FsError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let file = File::from(openat(dir, name, flags, Mode::empty()).op("openat")?);
+    let mut buf = vec![0u8; max + 1];
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read_at(&mut buf[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(FsError::Io(err)),
+        }
+    }
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// Raises the soft limit on open files to the hard limit: every inode the kernel knows holds one.
+pub(crate) fn raise_nofile_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(errno) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%errno, "could not raise the open file limit");
+            }
+        }
+    }
+}
+
+/// The name bytes of a C string as an `OsStr`.
+pub(crate) fn os(name: &CStr) -> &OsStr {
+    OsStr::from_bytes(name.to_bytes())
+}
