@@ -92,6 +92,7 @@ fn csi_sanity_passes_against_both_plugins() {
         .arg(format!("--csi.stagingdir={}", dir.path().join("staging").display()))
         .arg("--csi.testvolumesize=1048576")
         .arg("--ginkgo.no-color")
+        .arg("--ginkgo.v")
         .stdin(Stdio::null())
         .output()
         .unwrap();

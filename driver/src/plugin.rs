@@ -72,7 +72,7 @@ pub async fn run_node(args: NodeArgs) -> Result<(), PluginError> {
     let listener = server::listen(&server::socket_path(&args.common.endpoint)?)?;
     tracing::info!(endpoint = %args.common.endpoint, node_id = %args.node_id, "node plugin serving");
     let router = Server::builder()
-        .add_service(IdentityServer::new(IdentityService::new(store, kms, false)))
+        .add_service(IdentityServer::new(IdentityService::new(store, kms)))
         .add_service(NodeServer::new(node.clone()));
     server::serve(router, listener, server::shutdown_signal()).await?;
     node.unstage_all().await;
@@ -91,7 +91,7 @@ pub async fn run_controller(args: ControllerArgs) -> Result<(), PluginError> {
     let listener = server::listen(&server::socket_path(&args.common.endpoint)?)?;
     tracing::info!(endpoint = %args.common.endpoint, "controller plugin serving");
     let router = Server::builder()
-        .add_service(IdentityServer::new(IdentityService::new(store.clone(), kms.clone(), true)))
+        .add_service(IdentityServer::new(IdentityService::new(store.clone(), kms.clone())))
         .add_service(ControllerServer::new(ControllerService::new(store, kms)));
     server::serve(router, listener, server::shutdown_signal()).await?;
     Ok(())

@@ -83,10 +83,10 @@ pub async fn run(dir: &Path, kms_config: Option<PathBuf>, key: Option<String>) -
         let _ = rx.wait_for(|stop| *stop).await;
     };
     let controller_router = Server::builder()
-        .add_service(IdentityServer::new(IdentityService::new(store.clone(), kms.clone(), true)))
+        .add_service(IdentityServer::new(IdentityService::new(store.clone(), kms.clone())))
         .add_service(ControllerServer::new(ControllerService::new(store.clone(), kms.clone())));
     let node_router = Server::builder()
-        .add_service(IdentityServer::new(IdentityService::new(store.clone(), kms.clone(), false)))
+        .add_service(IdentityServer::new(IdentityService::new(store.clone(), kms.clone())))
         .add_service(NodeServer::new(node.clone()));
     let controller_task =
         tokio::spawn(server::serve(controller_router, controller_listener, stopped(stop_rx.clone())));

@@ -9,17 +9,19 @@ use tonic::{Request, Response, Status};
 use crate::kms::config::KmsRegistry;
 use crate::volume::BackingStore;
 
-/// Serves Identity for a plugin that does (controller) or does not (node) run the controller service.
+/// Serves Identity on both plugin endpoints.
+///
+/// Plugin capabilities describe the driver as a whole, so the node endpoint too reports that the
+/// driver offers a Controller service (served by `cryptvol-controller`).
 #[derive(Debug, Clone)]
 pub struct IdentityService {
     store: BackingStore,
     kms: Arc<KmsRegistry>,
-    controller: bool,
 }
 
 impl IdentityService {
-    pub fn new(store: BackingStore, kms: Arc<KmsRegistry>, controller: bool) -> Self {
-        IdentityService { store, kms, controller }
+    pub fn new(store: BackingStore, kms: Arc<KmsRegistry>) -> Self {
+        IdentityService { store, kms }
     }
 
     /// Ready when the backing root is a writable directory and every KMS connection can load.
@@ -47,12 +49,9 @@ impl Identity for IdentityService {
         _request: Request<csi::GetPluginCapabilitiesRequest>,
     ) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
         use csi::plugin_capability::{service::Type as ServiceType, Service, Type};
-        let mut capabilities = Vec::new();
-        if self.controller {
-            capabilities.push(csi::PluginCapability {
-                r#type: Some(Type::Service(Service { r#type: ServiceType::ControllerService as i32 })),
-            });
-        }
+        let capabilities = vec![csi::PluginCapability {
+            r#type: Some(Type::Service(Service { r#type: ServiceType::ControllerService as i32 })),
+        }];
         Ok(Response::new(csi::GetPluginCapabilitiesResponse { capabilities }))
     }
 

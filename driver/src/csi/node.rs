@@ -333,7 +333,7 @@ impl Node for NodeService {
         use csi::volume_usage::Unit;
         let req = request.into_inner();
         let id = required(&req.volume_id, "volume_id")?.to_string();
-        let path = absolute(&req.volume_path, "volume_path")?;
+        let path = PathBuf::from(required(&req.volume_path, "volume_path")?);
         if !self.staged.lock().await.contains_key(&id) {
             return Err(Status::not_found(format!("volume {id} is not staged on this node")));
         }
