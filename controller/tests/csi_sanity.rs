@@ -29,7 +29,8 @@ impl Drop for Plugin {
 fn find_sanity() -> Option<PathBuf> {
     let gobin = std::env::var_os("GOBIN").map(PathBuf::from);
     let home = std::env::var_os("HOME").map(|h| PathBuf::from(h).join("go/bin"));
-    let path_dirs = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
+    let path_dirs =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
     gobin.into_iter().chain(home).chain(path_dirs).map(|d| d.join("csi-sanity")).find(|p| p.is_file())
 }
 
@@ -46,7 +47,9 @@ fn wait_for_socket(path: &Path, child: &mut Child) {
 fn csi_sanity_passes_against_both_plugins() {
     let Some(sanity) = find_sanity() else {
         assert!(std::env::var_os("CI").is_none(), "csi-sanity is not installed; .ci/run installs it");
-        eprintln!("SKIPPED: csi-sanity not found on PATH, GOBIN or ~/go/bin (go install it to run this test)");
+        eprintln!(
+            "SKIPPED: csi-sanity not found on PATH, GOBIN or ~/go/bin (go install it to run this test)"
+        );
         return;
     };
     let controller_bin = PathBuf::from(env!("CARGO_BIN_EXE_cryptvol-controller"));
@@ -59,8 +62,11 @@ fn csi_sanity_passes_against_both_plugins() {
     let key_file = dir.path().join("keys.json");
     KeyFile::update(&key_file, true, |f| f.create_key("sanity")).unwrap();
     let kms_config = dir.path().join("kms.yaml");
-    std::fs::write(&kms_config, "default: local\nconnections:\n  local:\n    provider: local\n    keyFile: keys.json\n")
-        .unwrap();
+    std::fs::write(
+        &kms_config,
+        "default: local\nconnections:\n  local:\n    provider: local\n    keyFile: keys.json\n",
+    )
+    .unwrap();
     let params = dir.path().join("params.yaml");
     std::fs::write(&params, "kmsKeyId: sanity\n").unwrap();
 

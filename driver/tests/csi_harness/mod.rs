@@ -56,7 +56,6 @@ impl Harness {
             .add_service(csi::identity_server::IdentityServer::new(IdentityService::new(
                 store.clone(),
                 kms.clone(),
-                true,
             )))
             .add_service(csi::controller_server::ControllerServer::new(ControllerService::new(
                 store.clone(),

@@ -1,0 +1,232 @@
+//! End to end through the CSI API: provision, stage, publish, write a real tree, restage, compare, and
+//! check that the backing store holds no plaintext. Needs root and /dev/fuse.
+#![allow(clippy::unwrap_used)]
+
+mod csi_harness;
+
+use std::collections::{BTreeMap, HashSet};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use csi_harness::Harness;
+use tonic::Code;
+
+/// A tree nobody here wrote: the Python standard library (without caches, site-packages and big files).
+fn source_tree() -> PathBuf {
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sysconfig; print(sysconfig.get_paths()['stdlib'])"])
+        .output()
+        .expect("python3 is needed for the source tree");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Entry {
+    Dir,
+    File(Vec<u8>),
+    Link(PathBuf),
+}
+
+fn skip(name: &str) -> bool {
+    matches!(name, "__pycache__" | "site-packages")
+}
+
+/// Copies `src` into `dst` and returns what was copied, by relative path.
+fn copy_tree(src: &Path, dst: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, Entry>) {
+    for entry in std::fs::read_dir(src.join(rel)).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if skip(&name.to_string_lossy()) {
+            continue;
+        }
+        let rel = rel.join(&name);
+        let meta = std::fs::symlink_metadata(src.join(&rel)).unwrap();
+        if meta.is_dir() {
+            std::fs::create_dir(dst.join(&rel)).unwrap();
+            out.insert(rel.clone(), Entry::Dir);
+            copy_tree(src, dst, &rel, out);
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(src.join(&rel)).unwrap();
+            std::os::unix::fs::symlink(&target, dst.join(&rel)).unwrap();
+            out.insert(rel, Entry::Link(target));
+        } else if meta.is_file() && meta.len() <= 4 << 20 {
+            let data = std::fs::read(src.join(&rel)).unwrap();
+            std::fs::write(dst.join(&rel), &data).unwrap();
+            out.insert(rel, Entry::File(data));
+        }
+    }
+}
+
+fn read_tree(root: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, Entry>) {
+    for entry in std::fs::read_dir(root.join(rel)).unwrap() {
+        let rel = rel.join(entry.unwrap().file_name());
+        let meta = std::fs::symlink_metadata(root.join(&rel)).unwrap();
+        if meta.is_dir() {
+            out.insert(rel.clone(), Entry::Dir);
+            read_tree(root, &rel, out);
+        } else if meta.file_type().is_symlink() {
+            out.insert(rel.clone(), Entry::Link(std::fs::read_link(root.join(&rel)).unwrap()));
+        } else {
+            let data = std::fs::read(root.join(&rel)).unwrap();
+            assert_eq!(meta.len(), data.len() as u64, "size of {}", rel.display());
+            out.insert(rel, Entry::File(data));
+        }
+    }
+}
+
+fn backing_files(dir: &Path, names: &mut Vec<String>, files: &mut Vec<PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        names.push(entry.file_name().to_string_lossy().into_owned());
+        let ft = entry.file_type().unwrap();
+        if ft.is_dir() {
+            backing_files(&entry.path(), names, files);
+        } else if ft.is_file() {
+            files.push(entry.path());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_tree_round_trips_and_the_backing_store_holds_only_ciphertext() {
+    let mut h = Harness::start().await;
+    let volume = h.create("pvc-tree", "app").await.unwrap();
+    let (staging, target) = (h.path("staging"), h.path("mnt"));
+    h.stage(&volume, &staging).await.unwrap();
+    h.stage(&volume, &staging).await.unwrap(); // idempotent
+    h.publish(&volume, &staging, &target, false).await.unwrap();
+    h.publish(&volume, &staging, &target, false).await.unwrap(); // idempotent
+
+    let src = source_tree();
+    let dst = target.clone();
+    let copied = tokio::task::spawn_blocking(move || {
+        let mut copied = BTreeMap::new();
+        copy_tree(&src, &dst, Path::new(""), &mut copied);
+        copied
+    })
+    .await
+    .unwrap();
+    let files = copied.values().filter(|e| matches!(e, Entry::File(_))).count();
+    assert!(files > 1000, "the source tree should have thousands of files, has {files}");
+
+    // Take the volume down completely, then bring it up again through the CSI API.
+    h.unpublish(&volume.volume_id, &target).await.unwrap();
+    h.unstage(&volume.volume_id, &staging).await.unwrap();
+    assert!(!cryptvol::csi::mount::is_mount_point(&staging).unwrap());
+    h.stage(&volume, &staging).await.unwrap();
+    h.publish(&volume, &staging, &target, true).await.unwrap();
+    let dst = target.clone();
+    let read_back = tokio::task::spawn_blocking(move || {
+        let mut tree = BTreeMap::new();
+        read_tree(&dst, Path::new(""), &mut tree);
+        tree
+    })
+    .await
+    .unwrap();
+    assert_eq!(read_back.len(), copied.len());
+    for (path, entry) in &copied {
+        assert_eq!(read_back.get(path), Some(entry), "{} differs after restage", path.display());
+    }
+    // Published read-only: writes are refused.
+    let err = std::fs::write(target.join("new-file"), b"x").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EROFS));
+
+    // No plaintext name and no plaintext content on the backing store.
+    let mut names = Vec::new();
+    let mut backing = Vec::new();
+    backing_files(&h.backing.join("pvc-tree"), &mut names, &mut backing);
+    let plain_names: HashSet<String> = copied
+        .keys()
+        .filter_map(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| n.len() >= 6)
+        .collect();
+    for name in &names {
+        assert!(!plain_names.contains(name), "plaintext name {name} on the backing store");
+        for plain in &plain_names {
+            assert!(!name.contains(plain.as_str()), "backing name {name} contains plaintext name {plain}");
+        }
+    }
+    let mut probes = HashSet::new();
+    for entry in copied.values() {
+        if let Entry::File(data) = entry {
+            if data.len() >= 256 {
+                let mid = data.len() / 2;
+                probes.insert(data[mid..mid + 16].to_vec());
+            }
+        }
+    }
+    for file in &backing {
+        let data = std::fs::read(file).unwrap();
+        assert!(
+            !data.windows(16).any(|w| probes.contains(w)),
+            "plaintext content found in backing file {}",
+            file.display()
+        );
+    }
+
+    h.unpublish(&volume.volume_id, &target).await.unwrap();
+    h.unstage(&volume.volume_id, &staging).await.unwrap();
+    h.unstage(&volume.volume_id, &staging).await.unwrap(); // idempotent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disabled_key_or_a_wrong_wrap_refuses_to_stage_and_mounts_nothing() {
+    let mut h = Harness::start().await;
+    let a = h.create("vol-a", "app").await.unwrap();
+    let b = h.create("vol-b", "app").await.unwrap();
+    let staging = h.path("staging");
+
+    // Another volume's wrapped key does not open for this volume (encryption context).
+    let header_a = h.backing.join("vol-a/cryptvol.header");
+    let header_b = h.backing.join("vol-b/cryptvol.header");
+    let original = std::fs::read_to_string(&header_a).unwrap();
+    let wrapped_b = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&header_b).unwrap())
+        .unwrap()["wrappedKey"]
+        .clone();
+    let mut swapped: serde_json::Value = serde_json::from_str(&original).unwrap();
+    swapped["wrappedKey"] = wrapped_b;
+    std::fs::write(&header_a, serde_json::to_vec(&swapped).unwrap()).unwrap();
+    let err = h.stage(&a, &staging).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("kms:Decrypt"), "{err:?}");
+    assert!(!cryptvol::csi::mount::is_mount_point(&staging).unwrap());
+    std::fs::write(&header_a, &original).unwrap();
+
+    // A corrupted header is refused before any key is used.
+    std::fs::write(&header_a, original.replace("\"formatVersion\": 1", "\"formatVersion\": 7")).unwrap();
+    let err = h.stage(&a, &staging).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("format version"), "{err:?}");
+    std::fs::write(&header_a, &original).unwrap();
+
+    // A disabled key refuses with a clear status.
+    cryptvol::kms::local::KeyFile::update(&h.key_file, false, |f| f.set_enabled("app", false)).unwrap();
+    let err = h.stage(&b, &staging).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(err.message().contains("disabled"), "{err:?}");
+    assert!(!cryptvol::csi::mount::is_mount_point(&staging).unwrap());
+
+    // Enabled again, it stages; the first stage seals the header, and a tampered seal is refused.
+    cryptvol::kms::local::KeyFile::update(&h.key_file, false, |f| f.set_enabled("app", true)).unwrap();
+    h.stage(&a, &staging).await.unwrap();
+    std::fs::write(staging.join("f"), b"data").unwrap();
+    h.unstage(&a.volume_id, &staging).await.unwrap();
+    let sealed = std::fs::read_to_string(&header_a).unwrap();
+    assert!(sealed.contains("\"seal\""));
+    let renamed = sealed.replace("\"name\": \"vol-a\"", "\"name\": \"vol-x\"");
+    std::fs::write(&header_a, renamed).unwrap();
+    let err = h.stage(&a, &staging).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let mut stripped: serde_json::Value = serde_json::from_str(&sealed).unwrap();
+    stripped.as_object_mut().unwrap().remove("seal");
+    std::fs::write(&header_a, serde_json::to_vec(&stripped).unwrap()).unwrap();
+    let err = h.stage(&a, &staging).await.unwrap_err();
+    assert!(err.message().contains("no seal"), "{err:?}");
+    std::fs::write(&header_a, &sealed).unwrap();
+    h.stage(&a, &staging).await.unwrap();
+    assert_eq!(std::fs::read(staging.join("f")).unwrap(), b"data");
+    let st = std::fs::metadata(staging.join("f")).unwrap();
+    assert_eq!(st.size(), 4);
+    h.unstage(&a.volume_id, &staging).await.unwrap();
+}
