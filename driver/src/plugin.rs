@@ -45,6 +45,10 @@ pub struct NodeArgs {
     /// This node's name, as Kubernetes knows it.
     #[arg(long, env = "CRYPTVOL_NODE_ID")]
     pub node_id: String,
+    /// Node-local directory (a hostPath) recording what is staged and published, so that a
+    /// restarted plugin serves its volumes again. Without it a restart leaves dead mounts.
+    #[arg(long, env = "CRYPTVOL_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Flags of `cryptvol-controller`.
@@ -64,18 +68,34 @@ pub enum PluginError {
     Serve(#[from] ServeError),
 }
 
-/// Runs the node plugin until SIGINT or SIGTERM, then unstages what it served.
+/// Runs the node plugin until SIGINT or SIGTERM.
+///
+/// At start it serves again the volumes its state directory lists. At SIGTERM it stops taking CSI
+/// calls, flushes every volume and exits leaving mounts and state for the next start: unmounting
+/// would not help pods (their bind mounts keep the session's superblock) and could block.
 pub async fn run_node(args: NodeArgs) -> Result<(), PluginError> {
     crate::telemetry::init(args.common.log_format, &args.common.log_level);
     let (store, kms) = load(&args.common)?;
-    let node = NodeService::new(args.node_id.clone(), store.clone(), kms.clone());
+    let mut node = NodeService::new(args.node_id.clone(), store.clone(), kms.clone());
+    if let Some(dir) = &args.state_dir {
+        node = node.with_state_dir(dir.clone());
+    }
+    let healer = node.clone();
+    tokio::spawn(async move {
+        let healed = healer.heal().await;
+        if healed > 0 {
+            tracing::info!(volumes = healed, "served the volumes of the previous process again");
+        }
+    });
     let listener = server::listen(&server::socket_path(&args.common.endpoint)?)?;
     tracing::info!(endpoint = %args.common.endpoint, node_id = %args.node_id, "node plugin serving");
     let router = Server::builder()
         .add_service(IdentityServer::new(IdentityService::new(store, kms)))
         .add_service(NodeServer::new(node.clone()));
     server::serve(router, listener, server::shutdown_signal()).await?;
-    node.unstage_all().await;
+    node.sync_all().await;
+    // The staged mounts must outlive this process's teardown (see above): never drop them.
+    std::mem::forget(node);
     Ok(())
 }
 

@@ -8,6 +8,7 @@ pub mod controller;
 pub mod identity;
 pub mod mount;
 pub mod node;
+pub mod state;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

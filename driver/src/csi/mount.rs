@@ -14,11 +14,15 @@ pub fn is_mount_point(path: &Path) -> io::Result<bool> {
     }))
 }
 
-/// Whether the mount at `path` answers: a stat that fails with ENOTCONN, ESTALE or EIO means its server is gone.
+/// Whether the mount at `path` answers. It asks with statfs, which the kernel never answers from
+/// its caches (a cached stat of a dead FUSE mount still succeeds); ENOTCONN, ESTALE or EIO means
+/// the server is gone.
 pub fn is_alive(path: &Path) -> bool {
-    match std::fs::metadata(path) {
+    match nix::sys::statvfs::statvfs(path) {
         Ok(_) => true,
-        Err(e) => !matches!(e.raw_os_error(), Some(libc::ENOTCONN) | Some(libc::ESTALE) | Some(libc::EIO)),
+        Err(e) => {
+            !matches!(e, nix::errno::Errno::ENOTCONN | nix::errno::Errno::ESTALE | nix::errno::Errno::EIO)
+        }
     }
 }
 

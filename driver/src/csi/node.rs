@@ -10,6 +10,7 @@ use csi::node_server::Node;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
+use super::state::{NodeState, VolumeRecord};
 use super::{kms_status, mount, required, store_status, InFlight, Phase};
 use crate::fs::{Mount, MountOptions};
 use crate::header::{VolumeHeader, VolumeState};
@@ -34,6 +35,7 @@ pub struct NodeService {
     staged: Arc<Mutex<HashMap<String, Staged>>>,
     in_flight: InFlight,
     fuse_threads: usize,
+    state: NodeState,
 }
 
 /// A NodeStageVolume request, checked.
@@ -89,12 +91,23 @@ impl NodeService {
             staged: Arc::default(),
             in_flight: InFlight::default(),
             fuse_threads: 4,
+            state: NodeState::default(),
         }
+    }
+
+    /// Keeps node state in `dir`, so that a restarted plugin can serve its volumes again.
+    pub fn with_state_dir(mut self, dir: PathBuf) -> Self {
+        self.state = NodeState::new(Some(dir));
+        self
     }
 
     /// Stages a volume: unwrap its key through the KMS and serve it at the staging path.
     pub async fn stage(&self, req: StageVolume) -> Result<(), Status> {
         let _guard = self.in_flight.claim(&req.volume_id)?;
+        self.stage_locked(req).await
+    }
+
+    async fn stage_locked(&self, req: StageVolume) -> Result<(), Status> {
         if let Some(staged) = self.staged.lock().await.get(&req.volume_id) {
             if staged.staging_path != req.staging_path {
                 return Err(Status::failed_precondition(format!(
@@ -154,6 +167,20 @@ impl NodeService {
         .await
         .map_err(|e| Status::unavailable(format!("stage task failed: {e}")))??;
         tracing::info!(staging_path = %req.staging_path.display(), "volume staged");
+        let previous = self.state.load(&req.volume_id).ok().flatten();
+        let record = VolumeRecord {
+            volume_id: req.volume_id.clone(),
+            staging_path: req.staging_path.clone(),
+            read_only: req.read_only,
+            key_arn: req.key_arn.clone(),
+            targets: previous
+                .filter(|p| p.staging_path == req.staging_path)
+                .map(|p| p.targets)
+                .unwrap_or_default(),
+        };
+        if let Err(e) = self.state.save(&record) {
+            tracing::warn!(error = %e, "cannot record the staged volume; a restart will not heal it");
+        }
         self.staged.lock().await.insert(
             req.volume_id,
             Staged { staging_path: req.staging_path, mount: mounted, read_only: req.read_only },
@@ -176,19 +203,169 @@ impl NodeService {
         })
         .await
         .map_err(|e| Status::unavailable(format!("unstage task failed: {e}")))??;
+        self.state
+            .remove(volume_id)
+            .map_err(|e| Status::internal(format!("cannot forget volume {volume_id}: {e}")))?;
         tracing::info!("volume unstaged; keys dropped");
         Ok(())
     }
 
-    /// Unstages every volume (shutdown).
-    pub async fn unstage_all(&self) {
-        let ids: Vec<(String, PathBuf)> =
-            self.staged.lock().await.iter().map(|(id, s)| (id.clone(), s.staging_path.clone())).collect();
-        for (id, path) in ids {
-            if let Err(e) = self.unstage(&id, &path).await {
-                tracing::warn!(volume_id = %id, error = %e, "unstage at shutdown failed");
+    /// Flushes every staged volume to the backing store (shutdown). Mounts and state stay, so the
+    /// next start heals them; a process exit cannot unmount a volume that pods still use.
+    pub async fn sync_all(&self) {
+        let paths: Vec<PathBuf> = self.staged.lock().await.values().map(|s| s.staging_path.clone()).collect();
+        let synced = tokio::task::spawn_blocking(move || {
+            for path in paths {
+                let result =
+                    std::fs::File::open(&path).and_then(|f| nix::unistd::syncfs(&f).map_err(Into::into));
+                if let Err(e) = result {
+                    tracing::warn!(staging_path = %path.display(), error = %e, "cannot flush volume at shutdown");
+                }
+            }
+        });
+        let _ = synced.await;
+    }
+
+    /// Publishes a staged volume at `target` (a bind mount), replacing a dead mount there.
+    pub async fn publish(
+        &self,
+        volume_id: &str,
+        staging: &Path,
+        target: &Path,
+        readonly: bool,
+    ) -> Result<(), Status> {
+        let _guard = self.in_flight.claim(volume_id)?;
+        self.publish_locked(volume_id, staging, target, readonly).await
+    }
+
+    async fn publish_locked(
+        &self,
+        id: &str,
+        staging: &Path,
+        target: &Path,
+        readonly: bool,
+    ) -> Result<(), Status> {
+        let read_only = {
+            let staged = self.staged.lock().await;
+            let entry = staged.get(id).ok_or_else(|| {
+                Status::failed_precondition(format!("volume {id} is not staged on this node"))
+            })?;
+            if entry.staging_path != staging {
+                return Err(Status::failed_precondition(format!(
+                    "volume {id} is staged at {}, not {}",
+                    entry.staging_path.display(),
+                    staging.display()
+                )));
+            }
+            readonly || entry.read_only
+        };
+        let (staging_path, target_path) = (staging.to_path_buf(), target.to_path_buf());
+        tokio::task::spawn_blocking(move || -> Result<(), Status> {
+            let (staging, target) = (staging_path, target_path);
+            if mount::is_mount_point(&target).map_err(|e| io_status("cannot inspect", &target, e))? {
+                if mount::is_alive(&target) {
+                    return Ok(());
+                }
+                mount::unmount(&target).map_err(|e| io_status("cannot clear dead mount", &target, e))?;
+            }
+            mount::ensure_dir(&target).map_err(|e| io_status("cannot create target path", &target, e))?;
+            mount::bind(&staging, &target, read_only)
+                .map_err(|e| io_status("cannot bind-mount to", &target, e))
+        })
+        .await
+        .map_err(|e| Status::unavailable(format!("publish task failed: {e}")))??;
+        self.record_target(id, target, Some(read_only));
+        tracing::info!(target_path = %target.display(), read_only, "volume published");
+        Ok(())
+    }
+
+    /// Adds (`Some(read_only)`) or removes (`None`) a published target in the volume's record.
+    fn record_target(&self, id: &str, target: &Path, read_only: Option<bool>) {
+        let updated = self.state.load(id).and_then(|record| {
+            let Some(mut record) = record else { return Ok(()) };
+            match read_only {
+                Some(ro) => record.targets.insert(target.to_path_buf(), ro),
+                None => record.targets.remove(target),
+            };
+            self.state.save(&record)
+        });
+        if let Err(e) = updated {
+            tracing::warn!(volume_id = %id, error = %e, "cannot record the published target");
+        }
+    }
+
+    /// Serves again every volume the state directory lists (after a restart): tears down the dead
+    /// FUSE mount, unwraps the key again and re-binds every published target. A volume that cannot
+    /// be healed stays down with an error log; it never stops the plugin.
+    pub async fn heal(&self) -> usize {
+        let records = match self.state.load_all() {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read node state; nothing healed");
+                return 0;
+            }
+        };
+        let mut healed = 0;
+        for record in records {
+            match self.heal_volume(record.clone()).await {
+                Ok(true) => healed += 1,
+                Ok(false) => {}
+                Err(status) => tracing::error!(
+                    volume_id = %record.volume_id,
+                    error = %status.message(),
+                    "cannot serve the volume again; pods using it see errors until it is staged again"
+                ),
             }
         }
+        healed
+    }
+
+    /// Re-establishes a volume that this node should serve but does not (a dead session, or a
+    /// restart whose healing failed); a volume the node never staged is left alone.
+    async fn heal_if_broken(&self, id: &str) {
+        let staging = self.staged.lock().await.get(id).map(|s| s.staging_path.clone());
+        if staging.as_deref().is_some_and(mount::is_alive) {
+            return;
+        }
+        let Ok(Some(record)) = self.state.load(id) else { return };
+        tracing::warn!(volume_id = %id, "volume is not being served; re-establishing it");
+        if let Err(status) = self.heal_volume(record).await {
+            tracing::error!(volume_id = %id, error = %status.message(), "cannot re-establish the volume");
+        }
+    }
+
+    /// Heals one volume; `Ok(false)` means kubelet no longer knows it and its state was dropped.
+    pub async fn heal_volume(&self, record: VolumeRecord) -> Result<bool, Status> {
+        let id = record.volume_id.clone();
+        let _guard = self.in_flight.claim(&id)?;
+        let staging_known =
+            record.staging_path.exists() || mount::is_mount_point(&record.staging_path).unwrap_or(false);
+        if !staging_known {
+            tracing::info!(volume_id = %id, "staging path is gone; forgetting the volume");
+            self.state.remove(&id).map_err(|e| Status::internal(e.to_string()))?;
+            return Ok(false);
+        }
+        let alive = self.staged.lock().await.contains_key(&id) && mount::is_alive(&record.staging_path);
+        if !alive {
+            let stage = StageVolume {
+                volume_id: id.clone(),
+                staging_path: record.staging_path.clone(),
+                read_only: record.read_only,
+                key_arn: record.key_arn.clone(),
+                secrets: Secrets::default(),
+            };
+            self.stage_locked(stage).await?;
+        }
+        for (target, read_only) in &record.targets {
+            let known = target.exists() || mount::is_mount_point(target).unwrap_or(false);
+            if !known {
+                self.record_target(&id, target, None);
+                continue;
+            }
+            self.publish_locked(&id, &record.staging_path, target, *read_only).await?;
+        }
+        tracing::info!(volume_id = %id, targets = record.targets.len(), "volume served again");
+        Ok(true)
     }
 }
 
@@ -275,35 +452,9 @@ impl Node for NodeService {
             .as_ref()
             .ok_or_else(|| Status::invalid_argument("volume_capability is required"))?;
         super::check_capability(cap, "volume_capability").map_err(Status::invalid_argument)?;
-        let _guard = self.in_flight.claim(&id)?;
-        let read_only = {
-            let staged = self.staged.lock().await;
-            let entry = staged.get(&id).ok_or_else(|| {
-                Status::failed_precondition(format!("volume {id} is not staged on this node"))
-            })?;
-            if entry.staging_path != staging {
-                return Err(Status::failed_precondition(format!(
-                    "volume {id} is staged at {}, not {}",
-                    entry.staging_path.display(),
-                    staging.display()
-                )));
-            }
-            req.readonly || entry.read_only || super::is_read_only_mode(cap)
-        };
-        tokio::task::spawn_blocking(move || -> Result<(), Status> {
-            if mount::is_mount_point(&target).map_err(|e| io_status("cannot inspect", &target, e))? {
-                if mount::is_alive(&target) {
-                    return Ok(());
-                }
-                mount::unmount(&target).map_err(|e| io_status("cannot clear dead mount", &target, e))?;
-            }
-            mount::ensure_dir(&target).map_err(|e| io_status("cannot create target path", &target, e))?;
-            mount::bind(&staging, &target, read_only)
-                .map_err(|e| io_status("cannot bind-mount to", &target, e))
-        })
-        .await
-        .map_err(|e| Status::unavailable(format!("publish task failed: {e}")))??;
-        tracing::info!(target_path = %req.target_path, read_only, "volume published");
+        let readonly = req.readonly || super::is_read_only_mode(cap);
+        self.heal_if_broken(&id).await;
+        self.publish(&id, &staging, &target, readonly).await?;
         Ok(Response::new(csi::NodePublishVolumeResponse {}))
     }
 
@@ -322,6 +473,7 @@ impl Node for NodeService {
         })
         .await
         .map_err(|e| Status::unavailable(format!("unpublish task failed: {e}")))??;
+        self.record_target(&req.volume_id, Path::new(&req.target_path), None);
         Ok(Response::new(csi::NodeUnpublishVolumeResponse {}))
     }
 
@@ -334,6 +486,7 @@ impl Node for NodeService {
         let req = request.into_inner();
         let id = required(&req.volume_id, "volume_id")?.to_string();
         let path = PathBuf::from(required(&req.volume_path, "volume_path")?);
+        self.heal_if_broken(&id).await;
         if !self.staged.lock().await.contains_key(&id) {
             return Err(Status::not_found(format!("volume {id} is not staged on this node")));
         }
