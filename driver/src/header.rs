@@ -8,6 +8,7 @@
 //! - the fields that never change after creation (format, volume id, name, cipher suite,
 //!   encryption context, creation time) are sealed with an HMAC under a subkey of the data key by
 //!   the first node that stages the volume, and every later stage checks that seal.
+//!
 //! Capacity and the wrap itself stay controller-managed (expansion, key rotation) and are not sealed.
 
 use std::path::{Path, PathBuf};

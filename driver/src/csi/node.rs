@@ -109,7 +109,7 @@ impl NodeService {
         }
         // Whatever is left at the staging path (a dead mount of an earlier process) goes first.
         if let Some(old) = self.staged.lock().await.remove(&req.volume_id) {
-            drop(old.mount);
+            drop(old);
         }
         mount::unmount(&req.staging_path)
             .map_err(|e| io_status("cannot clear staging path", &req.staging_path, e))?;
