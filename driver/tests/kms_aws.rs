@@ -7,6 +7,9 @@
 //!
 //! The tests take turns (one lock): some of them set credential variables in the environment.
 
+// Helpers outside `#[test]` functions panic on setup failures just as the tests do.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -83,8 +86,11 @@ fn moto() -> Option<&'static Moto> {
         let script = format!(
             "moto_server -H 127.0.0.1 -p {port} >/dev/null 2>&1 & pid=$!; read _; kill $pid; wait $pid"
         );
-        let watchdog =
-            Command::new("sh").args(["-c", &script]).stdin(Stdio::piped()).spawn().expect("start moto_server");
+        let watchdog = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("start moto_server");
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         assert!(wait_for_listener(addr, Duration::from_secs(60)), "moto_server did not listen on {addr}");
         Some(Moto { _watchdog: watchdog, addr })
@@ -262,6 +268,7 @@ fn wrapped_key(header: &VolumeHeader) -> WrappedKey {
 
 fn assert_status(result: Result<impl std::fmt::Debug, tonic::Status>, code: Code, needles: &[&str]) {
     let status = result.expect_err("the call must fail");
+    println!("{:?}: {}", status.code(), status.message());
     assert_eq!(status.code(), code, "{status:?}");
     for needle in needles {
         assert!(status.message().contains(needle), "{needle:?} not in {:?}", status.message());
@@ -332,7 +339,8 @@ async fn every_key_form_provisions_the_canonical_arn_idempotently() {
 
 #[tokio::test]
 async fn asymmetric_key_is_refused_with_failed_precondition() {
-    let Some((_guard, moto)) = moto_or_skip("asymmetric_key_is_refused_with_failed_precondition").await else {
+    let Some((_guard, moto)) = moto_or_skip("asymmetric_key_is_refused_with_failed_precondition").await
+    else {
         return;
     };
     let admin = moto.admin();
@@ -432,7 +440,8 @@ async fn wrapped_key_is_bound_to_its_volume_and_re_encrypts_to_another_key() {
 
 #[tokio::test]
 async fn credentials_come_from_csi_secrets_when_the_chain_has_none() {
-    let Some((_guard, moto)) = moto_or_skip("credentials_come_from_csi_secrets_when_the_chain_has_none").await
+    let Some((_guard, moto)) =
+        moto_or_skip("credentials_come_from_csi_secrets_when_the_chain_has_none").await
     else {
         return;
     };
@@ -487,7 +496,8 @@ async fn default_chain_credentials_from_the_environment() {
 
 #[tokio::test]
 async fn unknown_and_malformed_key_ids_are_invalid_arguments() {
-    let Some((_guard, moto)) = moto_or_skip("unknown_and_malformed_key_ids_are_invalid_arguments").await else {
+    let Some((_guard, moto)) = moto_or_skip("unknown_and_malformed_key_ids_are_invalid_arguments").await
+    else {
         return;
     };
     let cluster = Cluster::new(&moto.endpoint(), "");
@@ -513,7 +523,8 @@ fn forward(listener: tokio::net::TcpListener, upstream: SocketAddr) {
 
 #[tokio::test]
 async fn kms_down_is_unavailable_in_bounded_time_and_leaves_nothing() {
-    let Some((_guard, moto)) = moto_or_skip("kms_down_is_unavailable_in_bounded_time_and_leaves_nothing").await
+    let Some((_guard, moto)) =
+        moto_or_skip("kms_down_is_unavailable_in_bounded_time_and_leaves_nothing").await
     else {
         return;
     };
@@ -564,7 +575,8 @@ async fn kms_that_never_answers_is_cut_at_the_time_budget() {
 
 #[tokio::test]
 async fn list_keys_shows_customer_aliases_with_their_key_arns() {
-    let Some((_guard, moto)) = moto_or_skip("list_keys_shows_customer_aliases_with_their_key_arns").await else {
+    let Some((_guard, moto)) = moto_or_skip("list_keys_shows_customer_aliases_with_their_key_arns").await
+    else {
         return;
     };
     let admin = moto.admin();
@@ -683,12 +695,8 @@ async fn real_aws_provisions_unwraps_and_binds_to_the_volume() {
     let root = dir.path().join("backing");
     std::fs::create_dir(&root).unwrap();
     let store = BackingStore::new(&root);
-    let cluster = Cluster {
-        controller: ControllerService::new(store.clone(), registry.clone()),
-        dir,
-        store,
-        registry,
-    };
+    let cluster =
+        Cluster { controller: ControllerService::new(store.clone(), registry.clone()), dir, store, registry };
     let key_id = key_arn.rsplit('/').next().unwrap().to_string();
     let kms = AwsKms::new("aws", AwsConnection::new(region));
     // The real-AWS run signs with the default chain: no credentials in the CSI secrets.

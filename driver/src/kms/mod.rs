@@ -192,7 +192,7 @@ pub enum KmsError {
     #[error("local key file {path}: {message}")]
     KeyFile { path: String, message: String },
     /// No credentials could be found, or the KMS did not accept them (unknown, expired, bad signature).
-    #[error("{action}: the KMS did not accept the credentials: {message}")]
+    #[error("{action} was not authenticated: {message}")]
     Unauthenticated { action: KmsAction, message: String },
     /// The CSI secrets passed for this connection are incomplete or carry keys the provider does not take.
     #[error("KMS credentials in the CSI secrets: {message}")]

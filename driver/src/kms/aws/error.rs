@@ -88,7 +88,7 @@ where
             Some(_) => KmsError::Unauthenticated {
                 action,
                 message: format!(
-                    "no usable AWS credentials: none in the CSI secrets and the default chain \
+                    "no usable AWS credentials: none in the CSI secrets, and the default chain \
                      (environment, web identity, container or instance profile, shared profile) \
                      gave none ({})",
                     chain(&err)
@@ -151,7 +151,10 @@ pub fn from_code(action: KmsAction, key: &str, code: Option<&str>, message: &str
         c if ACCESS_DENIED.contains(&c) => {
             KmsError::AccessDenied { action, key: key_owned(), message: with_code() }
         }
-        c if UNAUTHENTICATED.contains(&c) => KmsError::Unauthenticated { action, message: with_code() },
+        c if UNAUTHENTICATED.contains(&c) => KmsError::Unauthenticated {
+            action,
+            message: format!("the KMS refused the credentials ({})", with_code()),
+        },
         c if TRANSIENT.contains(&c) => {
             KmsError::Unavailable { action, message: format!("{}, retries included", with_code()) }
         }

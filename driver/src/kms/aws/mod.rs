@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use aws_sdk_kms::config::retry::RetryConfig;
 use aws_sdk_kms::config::timeout::TimeoutConfig;
-use aws_sdk_kms::config::{BehaviorVersion, Region};
+use aws_sdk_kms::config::{BehaviorVersion, Builder as CallConfig, Region};
 use aws_sdk_kms::primitives::{Blob, DateTimeFormat};
 use aws_sdk_kms::types::{
     DataKeySpec, EncryptionAlgorithmSpec, KeyManagerType, KeyMetadata, KeySpec, KeyUsageType,
@@ -171,16 +171,14 @@ impl AwsKms {
             .await
     }
 
-    /// The client for one call: the shared one, or one signing with the credentials in `secrets`.
-    async fn client(&self, secrets: &Secrets) -> Result<Client, KmsError> {
-        let credentials = credentials::from_secrets(secrets)?;
-        let base = self.base_client().await;
-        Ok(match credentials {
-            None => base.clone(),
-            Some(credentials) => {
-                Client::from_conf(base.config().to_builder().credentials_provider(credentials).build())
-            }
-        })
+    /// The shared client and the per-request settings for one call: the credentials in `secrets`,
+    /// if any. Overriding per request keeps one connection pool for every StorageClass.
+    async fn client(&self, secrets: &Secrets) -> Result<(&Client, CallConfig), KmsError> {
+        let mut call = CallConfig::new();
+        if let Some(credentials) = credentials::from_secrets(secrets)? {
+            call = call.credentials_provider(credentials);
+        }
+        Ok((self.base_client().await, call))
     }
 
     /// Runs one provider operation within the time budget, whatever number of calls it makes.
@@ -202,11 +200,13 @@ impl AwsKms {
         })
     }
 
-    async fn describe(&self, client: &Client, key_id: &str) -> Result<KeyInfo, KmsError> {
+    async fn describe(&self, client: &Client, call: &CallConfig, key_id: &str) -> Result<KeyInfo, KmsError> {
         let action = KmsAction::DescribeKey;
         let out = client
             .describe_key()
             .key_id(key_id)
+            .customize()
+            .config_override(call.clone())
             .send()
             .await
             .map_err(|e| error::classify(action, key_id, e))?;
@@ -220,11 +220,12 @@ impl AwsKms {
     async fn check_usable(
         &self,
         client: &Client,
+        call: &CallConfig,
         key_arn: &str,
         context: &EncryptionContext,
     ) -> Result<(), KmsError> {
         let started = Instant::now();
-        let described = self.describe(client, key_arn).await;
+        let described = self.describe(client, call, key_arn).await;
         let volume_id = context.volume_id().unwrap_or("");
         audit_record(
             &self.connection,
@@ -309,8 +310,8 @@ fn context_map(context: &EncryptionContext) -> HashMap<String, String> {
 impl KmsProvider for AwsKms {
     async fn describe_key(&self, key_id: &str, secrets: &Secrets) -> Result<KeyInfo, KmsError> {
         check_key_id(key_id)?;
-        let client = self.client(secrets).await?;
-        self.bounded(KmsAction::DescribeKey, self.describe(&client, key_id)).await
+        let (client, call) = self.client(secrets).await?;
+        self.bounded(KmsAction::DescribeKey, self.describe(client, &call, key_id)).await
     }
 
     async fn generate_wrapped_key(
@@ -321,13 +322,15 @@ impl KmsProvider for AwsKms {
     ) -> Result<WrappedKey, KmsError> {
         let action = KmsAction::GenerateDataKeyWithoutPlaintext;
         check_key_arn(action, key_arn)?;
-        let client = self.client(secrets).await?;
+        let (client, call) = self.client(secrets).await?;
         self.bounded(action, async {
             let out = client
                 .generate_data_key_without_plaintext()
                 .key_id(key_arn)
                 .key_spec(DataKeySpec::Aes256)
                 .set_encryption_context(Some(context_map(context)))
+                .customize()
+                .config_override(call.clone())
                 .send()
                 .await
                 .map_err(|e| error::classify(action, key_arn, e))?;
@@ -347,16 +350,18 @@ impl KmsProvider for AwsKms {
     ) -> Result<DataKey, KmsError> {
         let action = KmsAction::Decrypt;
         check_key_arn(action, key_arn)?;
-        let client = self.client(secrets).await?;
+        let (client, call) = self.client(secrets).await?;
         self.bounded(action, async {
             // KMS test servers unwrap under disabled keys; production must not depend on KMS alone.
-            self.check_usable(&client, key_arn, context).await?;
+            self.check_usable(client, &call, key_arn, context).await?;
             let mut out = client
                 .decrypt()
                 .key_id(key_arn)
                 .ciphertext_blob(Blob::new(wrapped.0.clone()))
                 .set_encryption_context(Some(context_map(context)))
                 .encryption_algorithm(EncryptionAlgorithmSpec::SymmetricDefault)
+                .customize()
+                .config_override(call.clone())
                 .send()
                 .await
                 .map_err(|e| error::classify(action, key_arn, e))?;
@@ -381,11 +386,11 @@ impl KmsProvider for AwsKms {
         let action = KmsAction::ReEncrypt;
         check_key_arn(action, source_arn)?;
         check_key_arn(action, target_arn)?;
-        let client = self.client(secrets).await?;
+        let (client, call) = self.client(secrets).await?;
         self.bounded(action, async {
-            self.check_usable(&client, source_arn, context).await?;
+            self.check_usable(client, &call, source_arn, context).await?;
             if target_arn != source_arn {
-                self.check_usable(&client, target_arn, context).await?;
+                self.check_usable(client, &call, target_arn, context).await?;
             }
             let out = client
                 .re_encrypt()
@@ -396,6 +401,8 @@ impl KmsProvider for AwsKms {
                 .destination_key_id(target_arn)
                 .set_destination_encryption_context(Some(context_map(context)))
                 .destination_encryption_algorithm(EncryptionAlgorithmSpec::SymmetricDefault)
+                .customize()
+                .config_override(call.clone())
                 .send()
                 .await
                 .map_err(|e| error::classify(action, target_arn, e))?;
@@ -409,7 +416,7 @@ impl KmsProvider for AwsKms {
 
     async fn list_keys(&self, secrets: &Secrets) -> Result<Vec<KeyListing>, KmsError> {
         let action = KmsAction::ListAliases;
-        let client = self.client(secrets).await?;
+        let (client, call) = self.client(secrets).await?;
         let mut listing = Vec::new();
         let mut marker: Option<String> = None;
         for _ in 0..MAX_ALIAS_PAGES {
@@ -419,6 +426,8 @@ impl KmsProvider for AwsKms {
                         .list_aliases()
                         .limit(ALIAS_PAGE_SIZE)
                         .set_marker(marker.clone())
+                        .customize()
+                        .config_override(call.clone())
                         .send()
                         .await
                         .map_err(|e| error::classify(action, "*", e))
