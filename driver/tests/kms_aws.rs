@@ -678,13 +678,15 @@ async fn real_aws_provisions_unwraps_and_binds_to_the_volume() {
     let Some((key_arn, region)) = real_aws("real_aws_provisions_unwraps_and_binds_to_the_volume") else {
         return;
     };
-    let saved: Vec<(&str, std::ffi::OsString)> =
-        CREDENTIAL_VARS.iter().filter_map(|v| std::env::var_os(v).map(|value| (*v, value))).collect();
+    let profile_files = ["AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"];
+    let saved: Vec<(&str, Option<std::ffi::OsString>)> =
+        CREDENTIAL_VARS.iter().chain(&profile_files).map(|v| (*v, std::env::var_os(v))).collect();
     let _guard = lock().await;
-    std::env::remove_var("AWS_SHARED_CREDENTIALS_FILE");
-    std::env::remove_var("AWS_CONFIG_FILE");
     for (var, value) in &saved {
-        std::env::set_var(var, value);
+        match value {
+            Some(value) => std::env::set_var(var, value),
+            None => std::env::remove_var(var),
+        }
     }
 
     let dir = tempfile::tempdir().unwrap();
