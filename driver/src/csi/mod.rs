@@ -195,7 +195,8 @@ mod tests {
         let missing = KmsError::KeyNotFound { key: "k".into() };
         assert_eq!(kms_status(&missing, Phase::Provision).code(), tonic::Code::InvalidArgument);
         assert_eq!(kms_status(&missing, Phase::Stage).code(), tonic::Code::FailedPrecondition);
-        let down = KmsError::Unavailable { action: crate::kms::KmsAction::Decrypt, message: "x".into() };
+        let action = crate::kms::KmsAction::Decrypt;
+        let down = KmsError::Unavailable { action, key: "k".into(), message: "x".into() };
         assert_eq!(kms_status(&down, Phase::Stage).code(), tonic::Code::Unavailable);
     }
 }

@@ -185,15 +185,15 @@ pub enum KmsError {
     UnsuitableKey { key: String, reason: String },
     #[error("{action} with key {key} refused the wrapped data key (wrong key, wrong volume or tampered)")]
     InvalidCiphertext { action: KmsAction, key: String },
-    #[error("{action} could not reach the KMS: {message}")]
-    Unavailable { action: KmsAction, message: String },
+    #[error("{action} on key {key} could not reach the KMS: {message}")]
+    Unavailable { action: KmsAction, key: String, message: String },
     #[error("KMS connection {name:?} is not configured")]
     UnknownConnection { name: String },
     #[error("local key file {path}: {message}")]
     KeyFile { path: String, message: String },
     /// No credentials could be found, or the KMS did not accept them (unknown, expired, bad signature).
-    #[error("{action} was not authenticated: {message}")]
-    Unauthenticated { action: KmsAction, message: String },
+    #[error("{action} on key {key} was not authenticated: {message}")]
+    Unauthenticated { action: KmsAction, key: String, message: String },
     /// The CSI secrets passed for this connection are incomplete or carry keys the provider does not take.
     #[error("KMS credentials in the CSI secrets: {message}")]
     InvalidSecrets { message: String },

@@ -78,15 +78,18 @@ where
         }
         SdkError::TimeoutError(_) => KmsError::Unavailable {
             action,
+            key: key.to_string(),
             message: format!("no answer in time, retries included ({})", chain(&err)),
         },
         SdkError::DispatchFailure(_) => match find::<CredentialsError>(&err) {
             Some(CredentialsError::ProviderTimedOut(_)) => KmsError::Unavailable {
                 action,
+                key: key.to_string(),
                 message: format!("the credential provider did not answer in time ({})", chain(&err)),
             },
             Some(_) => KmsError::Unauthenticated {
                 action,
+                key: key.to_string(),
                 message: format!(
                     "no usable AWS credentials: none in the CSI secrets, and the default chain \
                      (environment, web identity, container or instance profile, shared profile) \
@@ -96,12 +99,14 @@ where
             },
             None => KmsError::Unavailable {
                 action,
+                key: key.to_string(),
                 message: format!("cannot reach the KMS endpoint, retries included ({})", chain(&err)),
             },
         },
         // A reply that does not parse: a proxy or load balancer page, a cut connection.
         SdkError::ResponseError(response) => KmsError::Unavailable {
             action,
+            key: key.to_string(),
             message: format!(
                 "unreadable answer with HTTP status {} ({})",
                 response.raw().status().as_u16(),
@@ -127,7 +132,11 @@ pub fn from_code(action: KmsAction, key: &str, code: Option<&str>, message: &str
     let key_owned = || key.to_string();
     let Some(code) = code else {
         return if status == 429 || status >= 500 {
-            KmsError::Unavailable { action, message: format!("HTTP {status} without an error code") }
+            KmsError::Unavailable {
+                action,
+                key: key_owned(),
+                message: format!("HTTP {status} without an error code"),
+            }
         } else {
             KmsError::UnexpectedAnswer {
                 action,
@@ -153,11 +162,14 @@ pub fn from_code(action: KmsAction, key: &str, code: Option<&str>, message: &str
         }
         c if UNAUTHENTICATED.contains(&c) => KmsError::Unauthenticated {
             action,
+            key: key_owned(),
             message: format!("the KMS refused the credentials ({})", with_code()),
         },
-        c if TRANSIENT.contains(&c) => {
-            KmsError::Unavailable { action, message: format!("{}, retries included", with_code()) }
-        }
+        c if TRANSIENT.contains(&c) => KmsError::Unavailable {
+            action,
+            key: key_owned(),
+            message: format!("{}, retries included", with_code()),
+        },
         c if MALFORMED_REQUEST.contains(&c) => KmsError::UnexpectedAnswer {
             action,
             key: key_owned(),

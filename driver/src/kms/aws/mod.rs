@@ -185,12 +185,14 @@ impl AwsKms {
     async fn bounded<T>(
         &self,
         action: KmsAction,
+        key: &str,
         operation: impl Future<Output = Result<T, KmsError>>,
     ) -> Result<T, KmsError> {
         let budget = self.settings.budget();
         tokio::time::timeout(budget, operation).await.unwrap_or_else(|_| {
             Err(KmsError::Unavailable {
                 action,
+                key: key.to_string(),
                 message: format!(
                     "no answer within {} s ({} attempts per request)",
                     budget.as_secs(),
@@ -311,7 +313,7 @@ impl KmsProvider for AwsKms {
     async fn describe_key(&self, key_id: &str, secrets: &Secrets) -> Result<KeyInfo, KmsError> {
         check_key_id(key_id)?;
         let (client, call) = self.client(secrets).await?;
-        self.bounded(KmsAction::DescribeKey, self.describe(client, &call, key_id)).await
+        self.bounded(KmsAction::DescribeKey, key_id, self.describe(client, &call, key_id)).await
     }
 
     async fn generate_wrapped_key(
@@ -323,7 +325,7 @@ impl KmsProvider for AwsKms {
         let action = KmsAction::GenerateDataKeyWithoutPlaintext;
         check_key_arn(action, key_arn)?;
         let (client, call) = self.client(secrets).await?;
-        self.bounded(action, async {
+        self.bounded(action, key_arn, async {
             let out = client
                 .generate_data_key_without_plaintext()
                 .key_id(key_arn)
@@ -351,7 +353,7 @@ impl KmsProvider for AwsKms {
         let action = KmsAction::Decrypt;
         check_key_arn(action, key_arn)?;
         let (client, call) = self.client(secrets).await?;
-        self.bounded(action, async {
+        self.bounded(action, key_arn, async {
             // KMS test servers unwrap under disabled keys; production must not depend on KMS alone.
             self.check_usable(client, &call, key_arn, context).await?;
             let mut out = client
@@ -387,7 +389,7 @@ impl KmsProvider for AwsKms {
         check_key_arn(action, source_arn)?;
         check_key_arn(action, target_arn)?;
         let (client, call) = self.client(secrets).await?;
-        self.bounded(action, async {
+        self.bounded(action, target_arn, async {
             self.check_usable(client, &call, source_arn, context).await?;
             if target_arn != source_arn {
                 self.check_usable(client, &call, target_arn, context).await?;
@@ -421,7 +423,7 @@ impl KmsProvider for AwsKms {
         let mut marker: Option<String> = None;
         for _ in 0..MAX_ALIAS_PAGES {
             let page = self
-                .bounded(action, async {
+                .bounded(action, "*", async {
                     client
                         .list_aliases()
                         .limit(ALIAS_PAGE_SIZE)
