@@ -568,8 +568,10 @@ async fn kms_that_never_answers_is_cut_at_the_time_budget() {
     let result = cluster.create_volume("pvc-silent", &key_arn, secrets_map()).await;
     let elapsed = started.elapsed();
     assert_status(result, Code::Unavailable, &["kms:DescribeKey"]);
-    assert!(elapsed >= Duration::from_millis(1500) && elapsed < Duration::from_secs(3), "took {elapsed:?}");
-    assert!(!held.lock().unwrap().is_empty(), "the client did connect");
+    assert!(elapsed >= Duration::from_millis(1500) && elapsed < Duration::from_secs(4), "took {elapsed:?}");
+    // Each attempt gets 1 s of the 2 s budget: the first times out and a retry follows.
+    let connections = held.lock().unwrap().len();
+    assert!(connections >= 2, "{connections} connection(s): the timed-out attempt was not retried");
     assert!(cluster.backing_entries().is_empty());
 }
 
