@@ -2,7 +2,7 @@
 //! these tests, and real AWS KMS when `CRYPTVOL_TEST_AWS_KEY_ARN` and AWS credentials are set.
 //!
 //! moto is installed with `pip install 'moto[server]'`; without `moto_server` on PATH the moto tests
-//! print why and return. Nothing here sends a byte anywhere but 127.0.0.1, except the `real_aws_*`
+//! print why and return, or fail when `CRYPTVOL_REQUIRE_MOTO` is set (as CI should set it). Nothing here sends a byte anywhere but 127.0.0.1, except the `real_aws_*`
 //! tests when their variables are set. The instance metadata endpoint is disabled for the process.
 //!
 //! The tests take turns (one lock): some of them set credential variables in the environment.
@@ -121,9 +121,10 @@ async fn moto_or_skip(test: &str) -> Option<(tokio::sync::MutexGuard<'static, ()
     match tokio::task::spawn_blocking(moto).await.unwrap() {
         Some(moto) => Some((guard, moto)),
         None => {
-            println!(
-                "skipping {test}: moto_server is not on PATH (install it with: pip install 'moto[server]')"
-            );
+            let reason = "moto_server is not on PATH (install it with: pip install 'moto[server]')";
+            // CI sets this so that a missing install fails the run instead of skipping it.
+            assert!(std::env::var_os("CRYPTVOL_REQUIRE_MOTO").is_none(), "{test}: {reason}");
+            println!("skipping {test}: {reason}");
             None
         }
     }
