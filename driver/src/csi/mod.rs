@@ -68,6 +68,10 @@ pub fn kms_status(err: &KmsError, phase: Phase) -> Status {
             Status::invalid_argument(format!("parameter {PARAM_KMS_CONNECTION}: {message}"))
         }
         KmsError::KeyFile { .. } => Status::unavailable(message),
+        KmsError::Unauthenticated { .. } => Status::unauthenticated(message),
+        KmsError::InvalidSecrets { .. } => Status::invalid_argument(message),
+        // A reply cryptvol cannot interpret is a fault on one side or the other; retrying will not help.
+        KmsError::UnexpectedAnswer { .. } => Status::internal(message),
     }
 }
 
@@ -192,7 +196,8 @@ mod tests {
         let missing = KmsError::KeyNotFound { key: "k".into() };
         assert_eq!(kms_status(&missing, Phase::Provision).code(), tonic::Code::InvalidArgument);
         assert_eq!(kms_status(&missing, Phase::Stage).code(), tonic::Code::FailedPrecondition);
-        let down = KmsError::Unavailable { action: crate::kms::KmsAction::Decrypt, message: "x".into() };
+        let action = crate::kms::KmsAction::Decrypt;
+        let down = KmsError::Unavailable { action, key: "k".into(), message: "x".into() };
         assert_eq!(kms_status(&down, Phase::Stage).code(), tonic::Code::Unavailable);
     }
 }

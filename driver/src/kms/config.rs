@@ -6,12 +6,19 @@
 //!   dev:
 //!     provider: local
 //!     keyFile: /etc/cryptvol/keys/keys.json
+//!   prod:
+//!     provider: aws
+//!     region: eu-west-1
+//!     endpoint: https://kms-fips.eu-west-1.amazonaws.com   # optional
+//!     timeoutSeconds: 8                                   # optional, whole call with retries
+//!     maxAttempts: 3                                      # optional
 //! ```
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::aws::{AwsConnection, AwsKms};
 use super::local::LocalKms;
 use super::{KmsClient, KmsError};
 
@@ -44,6 +51,8 @@ pub enum ConnectionConfig {
         #[serde(rename = "keyFile")]
         key_file: PathBuf,
     },
+    /// AWS KMS through aws-sdk-kms (see docs/KMS-AWS.md).
+    Aws(AwsConnection),
 }
 
 impl KmsConfig {
@@ -101,6 +110,14 @@ impl KmsRegistry {
                     local_files.push(provider.clone());
                     KmsClient::new(name.clone(), Arc::new(provider))
                 }
+                ConnectionConfig::Aws(settings) => {
+                    settings.validate().map_err(|message| ConfigError::Parse {
+                        path: shown.to_string(),
+                        message: format!("connection {name}: {message}"),
+                    })?;
+                    // The SDK client is built on first use: loading the credential chain is async.
+                    KmsClient::new(name.clone(), Arc::new(AwsKms::new(name.clone(), settings)))
+                }
             };
             clients.insert(name, client);
         }
@@ -118,7 +135,9 @@ impl KmsRegistry {
         &self.default
     }
 
-    /// Checks that every connection can serve: local key files exist and parse.
+    /// Checks that every connection can serve: local key files exist and parse. AWS connections are
+    /// not called here (probes are frequent and KMS calls are billed and audited); their settings
+    /// were checked when the configuration loaded.
     pub fn check_ready(&self) -> Result<(), KmsError> {
         self.local_files.iter().try_for_each(LocalKms::check)
     }
@@ -161,5 +180,45 @@ mod tests {
         assert!(err.contains("vault"), "{err}");
         let unknown_field = write(dir.path(), "default: x\nconnections: {}\nextra: 1\n");
         assert!(KmsRegistry::load(&unknown_field).unwrap_err().to_string().contains("extra"));
+    }
+
+    #[test]
+    fn loads_aws_connections_without_calling_aws() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(
+            dir.path(),
+            "default: prod\nconnections:\n  prod:\n    provider: aws\n    region: eu-west-1\n    \
+             endpoint: http://127.0.0.1:9\n    timeoutSeconds: 4\n    maxAttempts: 2\n",
+        );
+        let config: KmsConfig = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        let ConnectionConfig::Aws(aws) = &config.connections["prod"] else { panic!("not aws: {config:?}") };
+        assert_eq!(aws.region, "eu-west-1");
+        assert_eq!(aws.endpoint.as_deref(), Some("http://127.0.0.1:9"));
+        assert_eq!(aws.budget(), std::time::Duration::from_secs(4));
+        assert_eq!(aws.max_attempts, Some(2));
+        let registry = KmsRegistry::load(&path).unwrap();
+        assert_eq!(registry.client(None).unwrap().connection(), "prod");
+        registry.check_ready().unwrap();
+    }
+
+    #[test]
+    fn refuses_bad_aws_settings_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let cases = [
+            ("region: eu-west-1\n    regoin: x\n", "regoin"),
+            ("endpoint: http://127.0.0.1:9\n", "region"),
+            ("region: EU West\n", "region"),
+            ("region: eu-west-1\n    endpoint: 127.0.0.1:9\n", "endpoint"),
+            ("region: eu-west-1\n    timeoutSeconds: 0\n", "timeoutSeconds"),
+            ("region: eu-west-1\n    maxAttempts: 99\n", "maxAttempts"),
+        ];
+        for (settings, named) in cases {
+            let path = write(
+                dir.path(),
+                &format!("default: p\nconnections:\n  p:\n    provider: aws\n    {settings}"),
+            );
+            let err = KmsRegistry::load(&path).unwrap_err().to_string();
+            assert!(err.contains(named), "{settings:?}: {err}");
+        }
     }
 }

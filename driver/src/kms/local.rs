@@ -16,7 +16,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use zeroize::Zeroizing;
 
-use super::{EncryptionContext, KeyInfo, KeyState, KmsAction, KmsError, KmsProvider, Secrets, WrappedKey};
+use super::{
+    EncryptionContext, KeyInfo, KeyListing, KeyState, KmsAction, KmsError, KmsProvider, Secrets, WrappedKey,
+};
 use crate::keys::{DataKey, KEY_LEN};
 
 /// Prefix of the canonical ARN of a local key: `cryptvol:local:key/<name>`.
@@ -339,6 +341,15 @@ impl KmsProvider for LocalKms {
     ) -> Result<WrappedKey, KmsError> {
         let key = self.unwrap(KmsAction::ReEncrypt, source_arn, wrapped, context)?;
         self.wrap(target_arn, &key, context)
+    }
+
+    async fn list_keys(&self, _secrets: &Secrets) -> Result<Vec<KeyListing>, KmsError> {
+        let file = KeyFile::load(&self.path)?;
+        Ok(file
+            .keys
+            .keys()
+            .map(|name| KeyListing { alias: format!("alias/{name}"), alias_arn: None, key_arn: arn_of(name) })
+            .collect())
     }
 }
 

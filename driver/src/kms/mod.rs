@@ -1,11 +1,14 @@
 //! KMS providers: wrap and unwrap volume data keys under a key-encryption key chosen per StorageClass.
 //!
-//! The outside world sits behind [`KmsProvider`]; [`local`] keeps keys in a file, and the registry in
-//! [`config`] maps connection names from the KMS configuration to providers. Every call made through
+//! The outside world sits behind [`KmsProvider`]; [`local`] keeps keys in a file, [`aws`] talks to
+//! AWS KMS, and the registry in [`config`] maps connection names from the KMS configuration to
+//! providers. Every call made through
 //! [`KmsClient`] leaves one audit record (target `cryptvol::audit`).
 
+pub mod aws;
 pub mod config;
 pub mod local;
+pub mod picker;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -66,6 +69,11 @@ impl Secrets {
     /// The value of one secret, if present.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).map(|v| v.as_str())
+    }
+
+    /// The secret keys (never the values), sorted.
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
     }
 
     /// True when no secret was passed.
@@ -141,6 +149,7 @@ pub enum KmsAction {
     GenerateDataKeyWithoutPlaintext,
     Decrypt,
     ReEncrypt,
+    ListAliases,
 }
 
 impl KmsAction {
@@ -150,6 +159,7 @@ impl KmsAction {
             KmsAction::GenerateDataKeyWithoutPlaintext => "kms:GenerateDataKeyWithoutPlaintext",
             KmsAction::Decrypt => "kms:Decrypt",
             KmsAction::ReEncrypt => "kms:ReEncrypt",
+            KmsAction::ListAliases => "kms:ListAliases",
         }
     }
 }
@@ -175,12 +185,22 @@ pub enum KmsError {
     UnsuitableKey { key: String, reason: String },
     #[error("{action} with key {key} refused the wrapped data key (wrong key, wrong volume or tampered)")]
     InvalidCiphertext { action: KmsAction, key: String },
-    #[error("{action} could not reach the KMS: {message}")]
-    Unavailable { action: KmsAction, message: String },
+    #[error("{action} on key {key} could not reach the KMS: {message}")]
+    Unavailable { action: KmsAction, key: String, message: String },
     #[error("KMS connection {name:?} is not configured")]
     UnknownConnection { name: String },
     #[error("local key file {path}: {message}")]
     KeyFile { path: String, message: String },
+    /// No credentials could be found, or the KMS did not accept them (unknown, expired, bad signature).
+    #[error("{action} on key {key} was not authenticated: {message}")]
+    Unauthenticated { action: KmsAction, key: String, message: String },
+    /// The CSI secrets passed for this connection are incomplete or carry keys the provider does not take.
+    #[error("KMS credentials in the CSI secrets: {message}")]
+    InvalidSecrets { message: String },
+    /// The KMS answered in a way cryptvol never expects: an error code for a malformed request, an
+    /// unknown error code, or a success reply missing a field. A fault to report, not to retry.
+    #[error("{action} with key {key}: unexpected KMS answer: {detail}")]
+    UnexpectedAnswer { action: KmsAction, key: String, detail: String },
 }
 
 /// A key management service that wraps and unwraps volume data keys.
@@ -216,6 +236,20 @@ pub trait KmsProvider: Send + Sync + fmt::Debug {
         context: &EncryptionContext,
         secrets: &Secrets,
     ) -> Result<WrappedKey, KmsError>;
+
+    /// The keys a StorageClass can name through this connection, by alias (a console key picker).
+    async fn list_keys(&self, secrets: &Secrets) -> Result<Vec<KeyListing>, KmsError>;
+}
+
+/// One entry of [`KmsProvider::list_keys`]: an alias and the key it points to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyListing {
+    /// `alias/NAME`, which a StorageClass can use as `kmsKeyId`.
+    pub alias: String,
+    /// The alias ARN, when the provider has one.
+    pub alias_arn: Option<String>,
+    /// The canonical ARN of the key the alias points to.
+    pub key_arn: String,
 }
 
 /// One configured connection: a provider and the name it is configured under. Every call is audited.
@@ -291,6 +325,14 @@ impl KmsClient {
         result
     }
 
+    /// Lists the keys of this connection by alias; audited with key `*` and no volume.
+    pub async fn list_keys(&self, secrets: &Secrets) -> Result<Vec<KeyListing>, KmsError> {
+        let started = Instant::now();
+        let result = self.provider.list_keys(secrets).await;
+        self.audit(KmsAction::ListAliases, "*", "", started, result.as_ref().err());
+        result
+    }
+
     fn audit(
         &self,
         action: KmsAction,
@@ -299,30 +341,43 @@ impl KmsClient {
         started: Instant,
         error: Option<&KmsError>,
     ) {
-        let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-        match error {
-            None => tracing::info!(
-                target: AUDIT_TARGET,
-                operation = action.as_str(),
-                connection = %self.connection,
-                key_arn = key,
-                volume_id,
-                outcome = "success",
-                latency_ms,
-                "kms call"
-            ),
-            Some(err) => tracing::warn!(
-                target: AUDIT_TARGET,
-                operation = action.as_str(),
-                connection = %self.connection,
-                key_arn = key,
-                volume_id,
-                outcome = "failure",
-                error = %err,
-                latency_ms,
-                "kms call"
-            ),
-        }
+        audit_record(&self.connection, action, key, volume_id, started, error);
+    }
+}
+
+/// Emits one audit record for one KMS call. [`KmsClient`] calls it once per trait method; a provider
+/// that makes further KMS calls inside one method (a state check before Decrypt) calls it for each.
+pub(crate) fn audit_record(
+    connection: &str,
+    action: KmsAction,
+    key: &str,
+    volume_id: &str,
+    started: Instant,
+    error: Option<&KmsError>,
+) {
+    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    match error {
+        None => tracing::info!(
+            target: AUDIT_TARGET,
+            operation = action.as_str(),
+            connection,
+            key_arn = key,
+            volume_id,
+            outcome = "success",
+            latency_ms,
+            "kms call"
+        ),
+        Some(err) => tracing::warn!(
+            target: AUDIT_TARGET,
+            operation = action.as_str(),
+            connection,
+            key_arn = key,
+            volume_id,
+            outcome = "failure",
+            error = %err,
+            latency_ms,
+            "kms call"
+        ),
     }
 }
 
