@@ -25,7 +25,7 @@ fn disjoint_bytes_in_shared_blocks() {
     let mut v = Volume::new();
     // Thread t owns bytes [k*100 + t*25, k*100 + t*25 + 25): every 4 KiB block is shared by all
     // threads, so each write is a read-modify-write of a block another thread is changing.
-    let stripes = 2000u64;
+    let stripes = 1000u64;
     fs::write(v.at("f"), vec![0u8; stripes as usize * 100]).unwrap();
     fs::hard_link(v.at("f"), v.at("f-link")).unwrap();
     let barrier = Barrier::new(THREADS);
