@@ -1,6 +1,9 @@
 //! The backing store holds no plaintext: after writing known names, contents and symlink
 //! targets, none of them (nor any 8-byte piece of them) appears in a backing file or name.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs;

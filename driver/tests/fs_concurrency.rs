@@ -1,6 +1,9 @@
 //! Concurrent writers on one file: partial-block updates from several handles and threads never
 //! lose an update and never leave a block that fails authentication.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs::{self, File, OpenOptions};

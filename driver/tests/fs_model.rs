@@ -2,6 +2,9 @@
 //! directory and against a mounted volume, and every result (data, sizes, errno) and the final
 //! trees must agree. Set `CRYPTVOL_SEED` to replay a failing seed.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -239,7 +242,12 @@ impl Model {
 }
 
 /// What is compared of a `stat`: type, size (not for directories, whose backing size differs), links.
-fn summary(meta: &fs::Metadata) -> (String, u64, u64) {
+type Summary = (String, u64, u64);
+
+/// A whole tree: path → (stat summary, contents or link target).
+type Tree = BTreeMap<Vec<u8>, (Summary, Vec<u8>)>;
+
+fn summary(meta: &fs::Metadata) -> Summary {
     let size = if meta.is_dir() { 0 } else { meta.len() };
     (format!("{:?}", meta.file_type()), size, meta.nlink())
 }
@@ -251,8 +259,7 @@ fn listing(dir: &Path) -> std::io::Result<Vec<OsString>> {
     Ok(names)
 }
 
-/// The whole tree: path → (stat summary, contents or link target).
-fn snapshot(root: &Path) -> BTreeMap<Vec<u8>, ((String, u64, u64), Vec<u8>)> {
+fn snapshot(root: &Path) -> Tree {
     let mut out = BTreeMap::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {

@@ -1,5 +1,8 @@
 //! POSIX behaviour of a mounted volume, checked through the real kernel FUSE path.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;

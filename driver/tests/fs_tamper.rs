@@ -1,6 +1,9 @@
 //! Tampering with the backing store while unmounted, and mounting with the wrong key: every
 //! altered block, name, target or header reads as EIO, never as other bytes.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::fs::{self, File, OpenOptions};
