@@ -396,3 +396,15 @@ fn statfs_reports_the_backing_store() {
     assert!(st.f_blocks > 0);
     assert_eq!(st.f_namemax, 255);
 }
+
+#[test]
+fn busy_unmount_detaches_and_drops_the_keys() {
+    let mut v = Volume::new();
+    fs::write(v.at("f"), b"still open").unwrap();
+    let open = File::open(v.at("f")).unwrap();
+    let mounted_dev = fs::metadata(v.path()).unwrap().dev();
+    v.unmount(); // busy: detached lazily
+    assert_ne!(fs::metadata(v.path()).unwrap().dev(), mounted_dev, "still mounted");
+    let mut buf = [0u8; 4];
+    assert_eq!(errno(open.read_at(&mut buf, 0)), libc::ENOKEY);
+}
