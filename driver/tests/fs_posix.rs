@@ -408,3 +408,29 @@ fn busy_unmount_detaches_and_drops_the_keys() {
     let mut buf = [0u8; 4];
     assert_eq!(errno(open.read_at(&mut buf, 0)), libc::ENOKEY);
 }
+
+#[test]
+fn unmount_releases_every_reference_to_the_keys() {
+    use cryptvol::fs::{init_root, mount, MountOptions};
+    use std::sync::Arc;
+
+    let (backing, mountpoint) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    init_root(backing.path()).unwrap();
+    init_root(backing.path()).unwrap(); // idempotent
+    let keys = Arc::new(cryptvol::keys::DataKey::generate().unwrap().derive());
+    let opts = MountOptions { volume_id: "keys-test".into(), ..MountOptions::default() };
+    let m = mount(backing.path(), mountpoint.path(), Arc::clone(&keys), opts.clone()).unwrap();
+    assert_eq!(m.mountpoint(), mountpoint.path().canonicalize().unwrap());
+    let debug = format!("{m:?}");
+    assert!(debug.contains("keys-test") && !debug.contains("Keys"), "{debug}");
+    fs::write(mountpoint.path().join("f"), b"data").unwrap();
+    m.unmount().unwrap();
+    assert_eq!(Arc::strong_count(&keys), 1);
+
+    // Busy: detached lazily, and the keys are released all the same.
+    let m = mount(backing.path(), mountpoint.path(), Arc::clone(&keys), opts).unwrap();
+    let open = File::open(mountpoint.path().join("f")).unwrap();
+    drop(m);
+    assert_eq!(Arc::strong_count(&keys), 1);
+    drop(open);
+}
