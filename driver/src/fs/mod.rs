@@ -46,8 +46,10 @@ impl Default for MountOptions {
 }
 
 /// Prepares an empty backing directory as an encrypted volume root by writing the root directory
-/// id. Idempotent: a directory that already holds a valid root id is left as it is. Files whose
-/// names start with `.` may already be present (they are never listed); anything else is refused.
+/// id. Idempotent: a directory that already holds a valid root id is left as it is, and a damaged
+/// one is reported ([`FsError::DirId`]), never replaced. Files whose names start with `.` (such as
+/// a volume header) may already be present, as they are never listed; anything else is refused
+/// with [`FsError::NotAVolumeRoot`].
 pub fn init_root(backing_dir: &Path) -> Result<(), FsError> {
     let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     let root = nix::fcntl::open(backing_dir, flags, Mode::empty()).op("open")?;
