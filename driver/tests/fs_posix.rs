@@ -95,6 +95,14 @@ fn hard_links_share_inode_and_size() {
     fs::remove_file(v.at("one")).unwrap();
     assert_eq!(fs::metadata(v.at("d/two")).unwrap().nlink(), 1);
     assert_eq!(fs::read(v.at("d/two")).unwrap().len(), 10_000);
+
+    // A hard link to a symlink is another name of the symlink, not of its target.
+    std::os::unix::fs::symlink("d/two", v.at("sym")).unwrap();
+    fs::hard_link(v.at("sym"), v.at("d/sym2")).unwrap();
+    let (a, b) = (fs::symlink_metadata(v.at("sym")).unwrap(), fs::symlink_metadata(v.at("d/sym2")).unwrap());
+    assert!(b.file_type().is_symlink());
+    assert_eq!((a.ino(), b.nlink()), (b.ino(), 2));
+    assert_eq!(fs::read_link(v.at("d/sym2")).unwrap(), Path::new("d/two"));
 }
 
 #[test]

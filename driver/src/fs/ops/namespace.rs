@@ -23,6 +23,25 @@ use crate::fs::inode::{kind_of, Inode};
 use crate::fs::sys;
 
 impl CryptFs {
+    /// Runs `make`, which creates entry `name` in `parent`, after writing a long name's side
+    /// file. If `make` fails the side file goes again, unless the entry already existed (the side
+    /// file is then that entry's own).
+    fn make_entry<T>(
+        &self,
+        parent: &Inode,
+        name: &BackingName,
+        make: impl FnOnce() -> Result<T, FsError>,
+    ) -> Result<T, FsError> {
+        dir::create_side_file(parent.fd.as_fd(), name)?;
+        let made = make();
+        if let Err(err) = &made {
+            if !matches!(err, FsError::Backing { errno: Errno::EEXIST, .. }) {
+                let _ = dir::remove_side_file(parent.fd.as_fd(), name);
+            }
+        }
+        made
+    }
+
     /// Removes a just-created entry after a later step failed (best effort: the error that
     /// caused the cleanup is what gets reported).
     fn undo_create(&self, parent: &Inode, name: &BackingName, flags: UnlinkatFlags) {
@@ -65,18 +84,10 @@ impl CryptFs {
         caller: Caller,
     ) -> Result<File, FsError> {
         let (uid, gid, _) = self.new_owner(parent, caller)?;
-        dir::create_side_file(parent.fd.as_fd(), name)?;
         let flags = OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_RDWR | OFlag::O_CLOEXEC;
-        let created = openat(parent.fd.as_fd(), name.entry(), flags, Mode::from_bits_truncate(0o600));
-        let fd = match created.op("openat") {
-            Ok(fd) => fd,
-            Err(err) => {
-                if matches!(err, FsError::Backing { errno, .. } if errno != Errno::EEXIST) {
-                    let _ = dir::remove_side_file(parent.fd.as_fd(), name);
-                }
-                return Err(err);
-            }
-        };
+        let fd = self.make_entry(parent, name, || {
+            openat(parent.fd.as_fd(), name.entry(), flags, Mode::from_bits_truncate(0o600)).op("openat")
+        })?;
         // Ownership first: chown clears set-id bits, which the chmod then sets as asked.
         let owned = fchown(&fd, Some(uid), Some(gid))
             .op("fchown")
@@ -108,19 +119,17 @@ impl CryptFs {
             _ => return Err(FsError::DeviceNode),
         };
         let (uid, gid, _) = self.new_owner(&parent, caller)?;
-        dir::create_side_file(parent.fd.as_fd(), &backing)?;
-        let made = mknodat(parent.fd.as_fd(), backing.entry(), kind, Mode::from_bits_truncate(0o600), 0)
-            .op("mknodat");
-        if let Err(err) = made {
-            let _ = dir::remove_side_file(parent.fd.as_fd(), &backing);
-            return Err(err);
-        }
+        self.make_entry(&parent, &backing, || {
+            mknodat(parent.fd.as_fd(), backing.entry(), kind, Mode::from_bits_truncate(0o600), 0)
+                .op("mknodat")
+        })?;
         let owned =
             fchownat(parent.fd.as_fd(), backing.entry(), Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)
                 .op("fchownat")
                 .and_then(|()| {
                     let perm = Mode::from_bits_truncate(mode & PERM_MASK);
-                    fchmodat(parent.fd.as_fd(), backing.entry(), perm, FchmodatFlags::NoFollowSymlink)
+                    // The entry is the FIFO or socket just made: there is no link to follow.
+                    fchmodat(parent.fd.as_fd(), backing.entry(), perm, FchmodatFlags::FollowSymlink)
                         .op("fchmodat")
                 });
         if let Err(err) = owned {
@@ -166,20 +175,10 @@ impl CryptFs {
                 .op("fchownat")?;
             let perm = Mode::from_bits_truncate(perm);
             fchmodat(parent.fd.as_fd(), tmp.as_c_str(), perm, FchmodatFlags::FollowSymlink).op("fchmodat")?;
-            dir::create_side_file(parent.fd.as_fd(), &backing)?;
-            let renamed = renameat2(
-                parent.fd.as_fd(),
-                tmp.as_c_str(),
-                parent.fd.as_fd(),
-                backing.entry(),
-                RenameFlags::RENAME_NOREPLACE,
-            );
-            if let Err(errno) = renamed {
-                if errno != Errno::EEXIST {
-                    let _ = dir::remove_side_file(parent.fd.as_fd(), &backing);
-                }
-                return Err(FsError::Backing { op: "renameat2", errno });
-            }
+            self.make_entry(&parent, &backing, || {
+                let (dir, noreplace) = (parent.fd.as_fd(), RenameFlags::RENAME_NOREPLACE);
+                renameat2(dir, tmp.as_c_str(), dir, backing.entry(), noreplace).op("renameat2")
+            })?;
             Ok(tmp_fd)
         })();
         match built {
@@ -232,13 +231,9 @@ impl CryptFs {
             },
         )?;
         let (uid, gid, _) = self.new_owner(&parent, caller)?;
-        dir::create_side_file(parent.fd.as_fd(), &backing)?;
-        if let Err(errno) = symlinkat(encoded.as_str(), parent.fd.as_fd(), backing.entry()) {
-            if errno != Errno::EEXIST {
-                let _ = dir::remove_side_file(parent.fd.as_fd(), &backing);
-            }
-            return Err(FsError::Backing { op: "symlinkat", errno });
-        }
+        self.make_entry(&parent, &backing, || {
+            symlinkat(encoded.as_str(), parent.fd.as_fd(), backing.entry()).op("symlinkat")
+        })?;
         let owned =
             fchownat(parent.fd.as_fd(), backing.entry(), Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)
                 .op("fchownat");
@@ -254,21 +249,13 @@ impl CryptFs {
         let inode = self.inodes.get(ino)?;
         let parent = self.inodes.get(parent)?;
         let backing = self.backing_name(&parent, name)?;
-        dir::create_side_file(parent.fd.as_fd(), &backing)?;
+        // Following the /proc link of the O_PATH handle links the object itself, whatever its
+        // type, without resolving any path on the backing store.
         let source = sys::proc_path(inode.fd.as_fd());
-        let linked = linkat(
-            AT_FDCWD,
-            source.as_c_str(),
-            parent.fd.as_fd(),
-            backing.entry(),
-            AtFlags::AT_SYMLINK_FOLLOW,
-        );
-        if let Err(errno) = linked {
-            if errno != Errno::EEXIST {
-                let _ = dir::remove_side_file(parent.fd.as_fd(), &backing);
-            }
-            return Err(FsError::Backing { op: "linkat", errno });
-        }
+        self.make_entry(&parent, &backing, || {
+            let follow = AtFlags::AT_SYMLINK_FOLLOW;
+            linkat(AT_FDCWD, source.as_c_str(), parent.fd.as_fd(), backing.entry(), follow).op("linkat")
+        })?;
         let inode = self.inodes.bump(inode.ino)?;
         self.attr(&inode)
     }
