@@ -326,7 +326,8 @@ fn mkdir_rmdir_readdir() {
     });
     assert_eq!(list(v.path()), expected);
     assert!(list(&v.at("dir-03")).is_empty());
-    // A FIFO is an entry like any other.
+    File::open(v.path()).unwrap().sync_all().unwrap(); // fsyncdir
+                                                       // A FIFO is an entry like any other.
     let fifo = CString::new(v.at("fifo").as_os_str().as_bytes()).unwrap();
     // SAFETY: a valid path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);

@@ -88,6 +88,13 @@ impl CryptFs {
         synced.map_err(FsError::Io)
     }
 
+    /// Flushes the entries of directory `ino` (creations, renames, removals) to the backing store.
+    pub(crate) fn fsyncdir(&self, ino: u64) -> Result<(), FsError> {
+        let inode = self.inodes.get(ino)?;
+        let dir = sys::reopen(inode.fd.as_fd(), OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+        dir.sync_all().map_err(FsError::Io)
+    }
+
     /// Checks that `fh` is open; this file system buffers nothing, so a flush has nothing to do.
     pub(crate) fn flush(&self, fh: u64) -> Result<(), FsError> {
         self.file_handle(fh).map(drop)
