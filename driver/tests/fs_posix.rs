@@ -443,3 +443,22 @@ fn unmount_releases_every_reference_to_the_keys() {
     assert_eq!(Arc::strong_count(&keys), 1);
     drop(open);
 }
+
+#[test]
+fn read_only_mount_reads_and_refuses_changes() {
+    use cryptvol::fs::{mount, MountOptions};
+    use std::sync::Arc;
+
+    let mut v = Volume::new();
+    fs::create_dir(v.at("d")).unwrap();
+    fs::write(v.at("d/f"), b"readable").unwrap();
+    v.unmount();
+    let keys = Arc::new(v.key().derive());
+    let opts = MountOptions { volume_id: "ro-test".into(), read_only: true, threads: 2 };
+    let m = mount(v.backing(), v.path(), keys, opts).unwrap();
+    assert_eq!(fs::read(v.at("d/f")).unwrap(), b"readable");
+    assert_eq!(errno(fs::write(v.at("d/f"), b"x")), libc::EROFS);
+    assert_eq!(errno(fs::create_dir(v.at("e"))), libc::EROFS);
+    assert_eq!(errno(fs::remove_file(v.at("d/f"))), libc::EROFS);
+    m.unmount().unwrap();
+}
