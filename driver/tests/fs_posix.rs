@@ -1,5 +1,8 @@
 //! POSIX behaviour of a mounted volume, checked through the real kernel FUSE path.
 
+// Test code: a failed unwrap is a failed test.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::collections::BTreeMap;
@@ -92,6 +95,14 @@ fn hard_links_share_inode_and_size() {
     fs::remove_file(v.at("one")).unwrap();
     assert_eq!(fs::metadata(v.at("d/two")).unwrap().nlink(), 1);
     assert_eq!(fs::read(v.at("d/two")).unwrap().len(), 10_000);
+
+    // A hard link to a symlink is another name of the symlink, not of its target.
+    std::os::unix::fs::symlink("d/two", v.at("sym")).unwrap();
+    fs::hard_link(v.at("sym"), v.at("d/sym2")).unwrap();
+    let (a, b) = (fs::symlink_metadata(v.at("sym")).unwrap(), fs::symlink_metadata(v.at("d/sym2")).unwrap());
+    assert!(b.file_type().is_symlink());
+    assert_eq!((a.ino(), b.nlink()), (b.ino(), 2));
+    assert_eq!(fs::read_link(v.at("d/sym2")).unwrap(), Path::new("d/two"));
 }
 
 #[test]
@@ -315,7 +326,8 @@ fn mkdir_rmdir_readdir() {
     });
     assert_eq!(list(v.path()), expected);
     assert!(list(&v.at("dir-03")).is_empty());
-    // A FIFO is an entry like any other.
+    File::open(v.path()).unwrap().sync_all().unwrap(); // fsyncdir
+                                                       // A FIFO is an entry like any other.
     let fifo = CString::new(v.at("fifo").as_os_str().as_bytes()).unwrap();
     // SAFETY: a valid path.
     assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
@@ -392,4 +404,61 @@ fn statfs_reports_the_backing_store() {
     assert_eq!(unsafe { libc::statvfs(path.as_ptr(), &mut st) }, 0);
     assert!(st.f_blocks > 0);
     assert_eq!(st.f_namemax, 255);
+}
+
+#[test]
+fn busy_unmount_detaches_and_drops_the_keys() {
+    let mut v = Volume::new();
+    fs::write(v.at("f"), b"still open").unwrap();
+    let open = File::open(v.at("f")).unwrap();
+    let mounted_dev = fs::metadata(v.path()).unwrap().dev();
+    v.unmount(); // busy: detached lazily
+    assert_ne!(fs::metadata(v.path()).unwrap().dev(), mounted_dev, "still mounted");
+    let mut buf = [0u8; 4];
+    assert_eq!(errno(open.read_at(&mut buf, 0)), libc::ENOKEY);
+}
+
+#[test]
+fn unmount_releases_every_reference_to_the_keys() {
+    use cryptvol::fs::{init_root, mount, MountOptions};
+    use std::sync::Arc;
+
+    let (backing, mountpoint) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    init_root(backing.path()).unwrap();
+    init_root(backing.path()).unwrap(); // idempotent
+    let keys = Arc::new(cryptvol::keys::DataKey::generate().unwrap().derive());
+    let opts = MountOptions { volume_id: "keys-test".into(), ..MountOptions::default() };
+    let m = mount(backing.path(), mountpoint.path(), Arc::clone(&keys), opts.clone()).unwrap();
+    assert_eq!(m.mountpoint(), mountpoint.path().canonicalize().unwrap());
+    let debug = format!("{m:?}");
+    assert!(debug.contains("keys-test") && !debug.contains("Keys"), "{debug}");
+    fs::write(mountpoint.path().join("f"), b"data").unwrap();
+    m.unmount().unwrap();
+    assert_eq!(Arc::strong_count(&keys), 1);
+
+    // Busy: detached lazily, and the keys are released all the same.
+    let m = mount(backing.path(), mountpoint.path(), Arc::clone(&keys), opts).unwrap();
+    let open = File::open(mountpoint.path().join("f")).unwrap();
+    drop(m);
+    assert_eq!(Arc::strong_count(&keys), 1);
+    drop(open);
+}
+
+#[test]
+fn read_only_mount_reads_and_refuses_changes() {
+    use cryptvol::fs::{mount, MountOptions};
+    use std::sync::Arc;
+
+    let mut v = Volume::new();
+    fs::create_dir(v.at("d")).unwrap();
+    fs::write(v.at("d/f"), b"readable").unwrap();
+    v.unmount();
+    let keys = Arc::new(v.key().derive());
+    let opts = MountOptions { volume_id: "ro-test".into(), read_only: true, threads: 2 };
+    let m = mount(v.backing(), v.path(), keys, opts).unwrap();
+    assert_eq!(fs::read(v.at("d/f")).unwrap(), b"readable");
+    assert_eq!(errno(fs::write(v.at("d/f"), b"x")), libc::EROFS);
+    assert_eq!(errno(fs::create_dir(v.at("e"))), libc::EROFS);
+    assert_eq!(errno(fs::remove_file(v.at("d/f"))), libc::EROFS);
+    m.unmount().unwrap();
 }

@@ -211,7 +211,7 @@ impl std::fmt::Debug for BlockCipher {
 mod tests {
     use super::*;
 
-    use crate::cipher::kat_volume_keys;
+    use crate::cipher::{assert_documented, kat_volume_keys};
 
     /// File id, nonce and plaintext of the vector in docs/FORMAT.md ("File contents").
     const KAT_FILE_ID: FileId =
@@ -229,11 +229,22 @@ mod tests {
         BlockCipher::new(&kat_volume_keys(), KAT_FILE_ID)
     }
 
+    const KAT_NAMES_KEY: &str = "26e4816cb4ce8abc796a20b69dbe15883c3971186a07905e3224469e42f43c17\
+        aeec350688dda7b69bed4ff23a6a60501304134c9ceff33f40588941410efce3";
+    const KAT_SYMLINKS_KEY: &str = "a9ab557aa3777decbf1096d62d13882d1544c87ccd792f6e08a8879e00284c40";
+    const KAT_HEADER_MAC_KEY: &str = "8f1a8f7f446cb9ecc69e2f97c031beb82dedf9f66f605c14f8409fcc5038d977";
+
     #[test]
     fn known_answer_keys() {
         let keys = kat_volume_keys();
         assert_eq!(hex::encode(keys.content()), KAT_CONTENT_KEY);
+        assert_eq!(hex::encode(keys.names()), KAT_NAMES_KEY);
+        assert_eq!(hex::encode(keys.symlinks()), KAT_SYMLINKS_KEY);
+        assert_eq!(hex::encode(keys.header_mac()), KAT_HEADER_MAC_KEY);
         assert_eq!(hex::encode(*keys.file_key(&KAT_FILE_ID)), KAT_FILE_KEY);
+        for vector in [KAT_CONTENT_KEY, KAT_NAMES_KEY, KAT_SYMLINKS_KEY, KAT_HEADER_MAC_KEY, KAT_FILE_KEY] {
+            assert_documented(vector);
+        }
     }
 
     #[test]
@@ -241,6 +252,9 @@ mod tests {
         let mut backing = encode_header(&KAT_FILE_ID).to_vec();
         kat_cipher().encrypt_block_with_nonce(0, true, &KAT_NONCE, KAT_PLAIN, &mut backing).unwrap();
         assert_eq!(hex::encode(&backing), KAT_BACKING_FILE);
+        assert_documented(KAT_BACKING_FILE);
+        assert_documented(&hex::encode(KAT_FILE_ID));
+        assert_documented(&hex::encode(KAT_NONCE));
         assert_eq!(plain_size(backing.len() as u64), Some(KAT_PLAIN.len() as u64));
         assert_eq!(decode_header(&backing[..HEADER_LEN]).unwrap(), KAT_FILE_ID);
         let mut plain = Vec::new();

@@ -39,6 +39,16 @@ pub enum CipherError {
 
 pub use nonce::random_bytes;
 
+/// docs/FORMAT.md: the known-answer tests check that it prints their vectors unchanged.
+#[cfg(test)]
+pub(crate) const FORMAT_DOC: &str = include_str!("../../../docs/FORMAT.md");
+
+/// Fails unless docs/FORMAT.md prints `vector`.
+#[cfg(test)]
+pub(crate) fn assert_documented(vector: &str) {
+    assert!(FORMAT_DOC.contains(vector), "docs/FORMAT.md does not print the vector {vector}");
+}
+
 /// The volume of the known-answer vectors in docs/FORMAT.md: data key `00 01 .. 1f`.
 #[cfg(test)]
 pub(crate) fn kat_volume_keys() -> crate::keys::VolumeKeys {

@@ -172,7 +172,7 @@ impl std::fmt::Debug for NameCipher<'_> {
 mod tests {
     use super::*;
 
-    use crate::cipher::kat_volume_keys;
+    use crate::cipher::{assert_documented, kat_volume_keys};
 
     /// Directory id of the vectors in docs/FORMAT.md ("Names").
     const KAT_DIR_ID: DirId = [0xd1; 16];
@@ -183,6 +183,8 @@ mod tests {
         let cipher = NameCipher::new(keys.names());
         let name = cipher.encrypt(&KAT_DIR_ID, b"hello.txt").unwrap();
         assert_eq!(name, BackingName::Short("m9T9bSd3vG11j5MZRTPaBPMjt0fAGZrG_A".into()));
+        assert_documented(name.entry());
+        assert_documented(&hex::encode(KAT_DIR_ID));
         assert_eq!(cipher.decrypt(&KAT_DIR_ID, name.entry()).unwrap(), b"hello.txt");
     }
 
@@ -194,6 +196,8 @@ mod tests {
         let BackingName::Long { entry, encoded } = &name else { panic!("expected a long name") };
         assert_eq!(entry, "~m2rE-JKtRGHsi5JSwlps_Rlp8Lk3acZinUJJyJQZFXc");
         assert!(encoded.starts_with("PStmGDbyDLIwvBQYsqi47rEGfASUENT4yDUis7aXBjDnlkIc"));
+        assert_documented(entry);
+        assert_documented(encoded);
         assert_eq!(encoded.len(), 288);
         assert!(side_file_matches(entry, encoded));
         assert_eq!(cipher.decrypt(&KAT_DIR_ID, encoded).unwrap(), vec![b'x'; 200]);

@@ -81,7 +81,7 @@ pub fn target_len(encoded_len: u64) -> Option<u64> {
 mod tests {
     use super::*;
 
-    use crate::cipher::kat_volume_keys;
+    use crate::cipher::{assert_documented, kat_volume_keys};
 
     /// Nonce of the vector in docs/FORMAT.md ("Symlink targets"); the key is the KAT volume's.
     const KAT_KEY: [u8; 32] = [0x5a; 32];
@@ -92,6 +92,8 @@ mod tests {
         let keys = kat_volume_keys();
         let encoded = encrypt_target_with_nonce(keys.symlinks(), &KAT_NONCE, b"../data/current").unwrap();
         assert_eq!(encoded, "oKGio6SlpqeoqaqrJLK8SsSZUwVxYZUslNQdC-ECtm4c0KWpzli_RQRqgA");
+        assert_documented(&encoded);
+        assert_documented(&hex::encode(KAT_NONCE));
         assert_eq!(decrypt_target(keys.symlinks(), encoded.as_bytes()).unwrap(), b"../data/current");
         assert_eq!(target_len(encoded.len() as u64), Some(15));
     }

@@ -74,6 +74,16 @@ impl FuseAdapter {
     }
 }
 
+/// Open flags for the kernel: `O_DIRECT` opens bypass the page cache, and their writes inside
+/// the file may run in parallel (the inode lock of [`CryptFs`] still orders them per block).
+fn fopen_flags(open_flags: i32) -> FopenFlags {
+    if open_flags & libc::O_DIRECT != 0 {
+        FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
+    } else {
+        FopenFlags::empty()
+    }
+}
+
 fn caller(req: &Request) -> Caller {
     Caller { uid: req.uid(), gid: req.gid() }
 }
@@ -201,10 +211,10 @@ impl Filesystem for FuseAdapter {
         self.reply_entry("link", ino, self.fs.link(ino.0, newparent.0, newname), reply);
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _span = self.span("open", ino);
         match self.fs.open(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Ok(fh) => reply.opened(FileHandle(fh), fopen_flags(flags.0)),
             Err(err) => reply.error(self.fail("open", ino, err)),
         }
     }
@@ -306,8 +316,9 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
-    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        reply.ok();
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        let _span = self.span("fsyncdir", ino);
+        self.reply_empty("fsyncdir", ino, self.fs.fsyncdir(ino.0), reply);
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
@@ -334,12 +345,12 @@ impl Filesystem for FuseAdapter {
         name: &OsStr,
         mode: u32,
         _umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let _span = self.span("create", parent);
         match self.fs.create(parent.0, name, mode, caller(req)) {
-            Ok((attr, fh)) => reply.created(&TTL, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Ok((attr, fh)) => reply.created(&TTL, &attr, Generation(0), FileHandle(fh), fopen_flags(flags)),
             Err(err) => reply.error(self.fail("create", parent, err)),
         }
     }

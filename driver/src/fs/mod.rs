@@ -46,8 +46,10 @@ impl Default for MountOptions {
 }
 
 /// Prepares an empty backing directory as an encrypted volume root by writing the root directory
-/// id. Idempotent: a directory that already holds a valid root id is left as it is. Files whose
-/// names start with `.` may already be present (they are never listed); anything else is refused.
+/// id. Idempotent: a directory that already holds a valid root id is left as it is, and a damaged
+/// one is reported ([`FsError::DirId`]), never replaced. Files whose names start with `.` (such as
+/// a volume header) may already be present, as they are never listed; anything else is refused
+/// with [`FsError::NotAVolumeRoot`].
 pub fn init_root(backing_dir: &Path) -> Result<(), FsError> {
     let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     let root = nix::fcntl::open(backing_dir, flags, Mode::empty()).op("open")?;
@@ -57,12 +59,14 @@ pub fn init_root(backing_dir: &Path) -> Result<(), FsError> {
         Err(FsError::DirId { .. }) => {}
         Err(err) => return Err(err),
     }
-    let listing = std::fs::read_dir(backing_dir).map_err(FsError::Io)?;
-    for entry in listing {
+    for entry in std::fs::read_dir(backing_dir).map_err(FsError::Io)? {
         let name = entry.map_err(FsError::Io)?.file_name();
         let present = name.as_encoded_bytes();
-        // A damaged id file must never be replaced: every name in the volume depends on it.
-        if present == DIR_ID_FILE.as_bytes() || classify(present) != EntryKind::Internal {
+        if present == DIR_ID_FILE.as_bytes() {
+            // A damaged root id must never be replaced: every name in the volume depends on it.
+            return Err(FsError::DirId { ino: st.st_ino });
+        }
+        if classify(present) != EntryKind::Internal {
             return Err(FsError::NotAVolumeRoot(backing_dir.to_path_buf()));
         }
     }
@@ -165,5 +169,35 @@ impl std::fmt::Debug for Mount {
             .field("volume_id", &self.volume_id)
             .field("mounted", &self.session.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn init_root_is_idempotent_and_refuses_foreign_contents() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(".header"), b"hidden files may be present").unwrap();
+        init_root(dir.path()).unwrap();
+        let id = std::fs::read(dir.path().join(DIR_ID_FILE)).unwrap();
+        assert_eq!(id.len(), 16);
+        init_root(dir.path()).unwrap();
+        assert_eq!(std::fs::read(dir.path().join(DIR_ID_FILE)).unwrap(), id);
+
+        std::fs::write(dir.path().join(DIR_ID_FILE), b"short").unwrap();
+        assert!(matches!(init_root(dir.path()), Err(FsError::DirId { .. })));
+
+        let other = tempfile::tempdir().unwrap();
+        std::fs::write(other.path().join("data.txt"), b"plain").unwrap();
+        assert!(matches!(init_root(other.path()), Err(FsError::NotAVolumeRoot(_))));
+        assert!(!other.path().join(DIR_ID_FILE).exists());
+    }
+
+    #[test]
+    fn mount_options_default_to_four_threads() {
+        let opts = MountOptions::default();
+        assert_eq!((opts.threads, opts.read_only), (4, false));
     }
 }

@@ -53,6 +53,11 @@ impl Volume {
         self.backing.path()
     }
 
+    /// The volume's data key.
+    pub fn key(&self) -> &DataKey {
+        &self.key
+    }
+
     pub fn volume_id(&self) -> &str {
         &self.volume_id
     }

@@ -1,0 +1,309 @@
+//! The encrypted file system in domain terms: every operation takes node ids, plaintext names and
+//! byte ranges and returns attributes, data or an [`FsError`]. The FUSE adapter only decodes
+//! requests, calls in here and encodes replies.
+
+mod io;
+mod namespace;
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType, INodeNo, TimeOrNow};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, AT_FDCWD};
+use nix::sys::stat::{fchmodat, utimensat, FchmodatFlags, FileStat, Mode, UtimensatFlags};
+use nix::sys::statvfs::{fstatvfs, Statvfs};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchownat, Gid, Uid};
+use parking_lot::{Mutex, RwLock};
+
+use crate::cipher::content::{plain_size_conservative, BlockCipher, FileId};
+use crate::cipher::names::{BackingName, NameCipher};
+use crate::cipher::symlink;
+use crate::keys::VolumeKeys;
+
+use super::content::{CipherSource, Content};
+use super::dir;
+use super::error::{BackingResult, FsError};
+use super::inode::{kind_of, Inode, InodeTable, ROOT};
+use super::sys;
+
+/// Who asks for a new file, directory or link: it will own it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// The attribute changes of one `setattr`.
+#[derive(Debug, Default)]
+pub(crate) struct SetAttr {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub size: Option<u64>,
+    pub atime: Option<TimeOrNow>,
+    pub mtime: Option<TimeOrNow>,
+    pub fh: Option<u64>,
+}
+
+/// One entry of a directory listing, ready for the kernel.
+#[derive(Debug, Clone)]
+pub(crate) struct ListEntry {
+    pub ino: u64,
+    pub kind: FileType,
+    pub name: OsString,
+}
+
+struct OpenFile {
+    inode: Arc<Inode>,
+    file: File,
+}
+
+struct OpenDir {
+    inode: Arc<Inode>,
+    entries: Mutex<Arc<Vec<ListEntry>>>,
+}
+
+enum Handle {
+    File(Arc<OpenFile>),
+    Dir(Arc<OpenDir>),
+}
+
+/// Permission bits a caller may set (`S_ISUID`, `S_ISGID`, sticky and rwx).
+const PERM_MASK: u32 = 0o7777;
+
+/// The mounted view of one volume.
+pub(crate) struct CryptFs {
+    volume_id: String,
+    read_only: bool,
+    keys: RwLock<Option<Arc<VolumeKeys>>>,
+    inodes: InodeTable,
+    handles: Mutex<HashMap<u64, Handle>>,
+    next_handle: AtomicU64,
+}
+
+/// Per-file ciphers come from the inode's cache.
+struct InodeCiphers<'a> {
+    inode: &'a Inode,
+    keys: &'a VolumeKeys,
+}
+
+impl CipherSource for InodeCiphers<'_> {
+    fn cipher(&self, file_id: &FileId) -> Result<Arc<BlockCipher>, FsError> {
+        Ok(self.inode.cipher(self.keys, file_id))
+    }
+}
+
+impl CryptFs {
+    /// Opens the encrypted view of `backing_dir`, whose `.cvdir` must already exist.
+    pub(crate) fn new(
+        backing_dir: &Path,
+        keys: Arc<VolumeKeys>,
+        volume_id: String,
+        read_only: bool,
+    ) -> Result<Self, FsError> {
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let root = nix::fcntl::open(backing_dir, flags, Mode::empty()).op("open")?;
+        let st = sys::stat(root.as_fd())?;
+        let dir_id = dir::read_dir_id(root.as_fd(), st.st_ino)?;
+        Ok(CryptFs {
+            volume_id,
+            read_only,
+            keys: RwLock::new(Some(keys)),
+            inodes: InodeTable::new(root, &st, dir_id),
+            handles: Mutex::new(HashMap::new()),
+            next_handle: AtomicU64::new(1),
+        })
+    }
+
+    /// The volume id, for logs.
+    pub(crate) fn volume_id(&self) -> &str {
+        &self.volume_id
+    }
+
+    /// Drops the volume keys and every cached per-file key. Later operations fail with
+    /// [`FsError::Locked`]; handles keep working only for metadata.
+    pub(crate) fn drop_keys(&self) {
+        self.keys.write().take();
+        self.inodes.forget_ciphers();
+    }
+
+    fn keys(&self) -> Result<Arc<VolumeKeys>, FsError> {
+        self.keys.read().clone().ok_or(FsError::Locked)
+    }
+
+    // ---- attributes -------------------------------------------------------------------------
+
+    fn attr_of(&self, ino: u64, st: &FileStat) -> FileAttr {
+        let kind = kind_of(st.st_mode);
+        let size = match kind {
+            FileType::RegularFile => plain_size_conservative(st.st_size as u64),
+            FileType::Symlink => symlink::target_len(st.st_size as u64).unwrap_or(0),
+            FileType::Directory => st.st_size as u64,
+            FileType::NamedPipe | FileType::Socket | FileType::CharDevice | FileType::BlockDevice => 0,
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: st.st_blocks as u64,
+            atime: system_time(st.st_atime, st.st_atime_nsec),
+            mtime: system_time(st.st_mtime, st.st_mtime_nsec),
+            ctime: system_time(st.st_ctime, st.st_ctime_nsec),
+            crtime: UNIX_EPOCH,
+            kind,
+            perm: (st.st_mode & PERM_MASK) as u16,
+            nlink: st.st_nlink as u32,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            rdev: st.st_rdev as u32,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn attr(&self, inode: &Inode) -> Result<FileAttr, FsError> {
+        Ok(self.attr_of(inode.ino, &sys::stat(inode.fd.as_fd())?))
+    }
+
+    /// Adds backing object `fd` to the inode table (one kernel reference) and returns its attributes.
+    fn remember(&self, fd: OwnedFd) -> Result<FileAttr, FsError> {
+        let st = sys::stat(fd.as_fd())?;
+        let inode = self.inodes.remember(fd, &st)?;
+        Ok(self.attr_of(inode.ino, &st))
+    }
+
+    /// Attributes of inode `ino`.
+    pub(crate) fn getattr(&self, ino: u64) -> Result<FileAttr, FsError> {
+        self.attr(&*self.inodes.get(ino)?)
+    }
+
+    // ---- names ------------------------------------------------------------------------------
+
+    fn backing_name(&self, parent: &Inode, name: &OsStr) -> Result<BackingName, FsError> {
+        let keys = self.keys()?;
+        dir::encrypt_name(&NameCipher::new(keys.names()), parent.dir_id()?, name)
+    }
+
+    /// Looks up `name` in directory `parent`; counts a kernel reference on success.
+    pub(crate) fn lookup(&self, parent: u64, name: &OsStr) -> Result<FileAttr, FsError> {
+        let parent = self.inodes.get(parent)?;
+        let backing = self.backing_name(&parent, name)?;
+        let fd = sys::open_path(parent.fd.as_fd(), OsStr::new(backing.entry()))?;
+        self.remember(fd)
+    }
+
+    /// Drops `count` kernel references to `ino`.
+    pub(crate) fn forget(&self, ino: u64, count: u64) {
+        self.inodes.forget(ino, count);
+    }
+
+    /// Owner of a new object in `parent`: the caller, or the directory's group when it is setgid.
+    fn new_owner(&self, parent: &Inode, caller: Caller) -> Result<(Uid, Gid, bool), FsError> {
+        let st = sys::stat(parent.fd.as_fd())?;
+        let setgid = st.st_mode & libc::S_ISGID != 0;
+        let gid = if setgid { st.st_gid } else { caller.gid };
+        Ok((Uid::from_raw(caller.uid), Gid::from_raw(gid), setgid))
+    }
+
+    /// The plaintext target of symlink `ino`.
+    pub(crate) fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
+        let keys = self.keys()?;
+        let inode = self.inodes.get(ino)?;
+        let stored = nix::fcntl::readlinkat(inode.fd.as_fd(), "").op("readlinkat")?;
+        symlink::decrypt_target(keys.symlinks(), stored.as_bytes())
+            .map_err(|_| FsError::SymlinkTarget { ino: inode.backing_ino })
+    }
+
+    // ---- attributes changes -----------------------------------------------------------------
+
+    /// Applies `set` to inode `ino` and returns the new attributes.
+    pub(crate) fn setattr(&self, ino: u64, set: SetAttr) -> Result<FileAttr, FsError> {
+        let inode = self.inodes.get(ino)?;
+        if set.uid.is_some() || set.gid.is_some() {
+            let (uid, gid) = (set.uid.map(Uid::from_raw), set.gid.map(Gid::from_raw));
+            fchownat(inode.fd.as_fd(), "", uid, gid, AtFlags::AT_EMPTY_PATH).op("fchownat")?;
+        }
+        if let Some(mode) = set.mode {
+            let path = sys::proc_path(inode.fd.as_fd());
+            let mode = Mode::from_bits_truncate(mode & PERM_MASK);
+            fchmodat(AT_FDCWD, path.as_c_str(), mode, FchmodatFlags::FollowSymlink).op("fchmodat")?;
+        }
+        if let Some(size) = set.size {
+            self.truncate(&inode, set.fh, size)?;
+        }
+        if set.atime.is_some() || set.mtime.is_some() {
+            let path = sys::proc_path(inode.fd.as_fd());
+            let (atime, mtime) = (time_spec(set.atime), time_spec(set.mtime));
+            utimensat(AT_FDCWD, path.as_c_str(), &atime, &mtime, UtimensatFlags::FollowSymlink)
+                .op("utimensat")?;
+        }
+        self.attr(&inode)
+    }
+
+    fn truncate(&self, inode: &Inode, fh: Option<u64>, size: u64) -> Result<(), FsError> {
+        if inode.kind != FileType::RegularFile {
+            return Err(FsError::Backing { op: "truncate", errno: Errno::EINVAL });
+        }
+        let keys = self.keys()?;
+        let handle = fh.and_then(|fh| self.file_handle(fh).ok()).filter(|h| h.inode.ino == inode.ino);
+        let reopened;
+        let file = match &handle {
+            Some(handle) => &handle.file,
+            None => {
+                reopened = sys::reopen(inode.fd.as_fd(), OFlag::O_RDWR)?;
+                &reopened
+            }
+        };
+        let _exclusive = inode.content.write();
+        let ciphers = InodeCiphers { inode, keys: &keys };
+        Content::new(file, inode.backing_ino, &ciphers).set_len(size)
+    }
+
+    /// Statistics of the backing file system.
+    pub(crate) fn statfs(&self) -> Result<Statvfs, FsError> {
+        let root = self.inodes.get(ROOT)?;
+        fstatvfs(root.fd.as_fd()).op("fstatvfs")
+    }
+}
+
+impl std::fmt::Debug for CryptFs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CryptFs").field("volume_id", &self.volume_id).finish_non_exhaustive()
+    }
+}
+
+fn system_time(secs: i64, nsecs: i64) -> SystemTime {
+    let nanos = Duration::from_nanos(nsecs.clamp(0, 999_999_999) as u64);
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::from_secs(secs as u64) + nanos
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs()) + nanos
+    }
+}
+
+fn time_spec(time: Option<TimeOrNow>) -> TimeSpec {
+    match time {
+        None => TimeSpec::UTIME_OMIT,
+        Some(TimeOrNow::Now) => TimeSpec::UTIME_NOW,
+        Some(TimeOrNow::SpecificTime(at)) => match at.duration_since(UNIX_EPOCH) {
+            Ok(after) => TimeSpec::from_duration(after),
+            Err(before) => {
+                let before = before.duration();
+                let (secs, nanos) = (before.as_secs() as i64, before.subsec_nanos() as i64);
+                if nanos == 0 {
+                    TimeSpec::new(-secs, 0)
+                } else {
+                    TimeSpec::new(-secs - 1, 1_000_000_000 - nanos)
+                }
+            }
+        },
+    }
+}
