@@ -36,7 +36,7 @@ pub enum Command {
 /// Runs the CLI; returns the process exit code.
 pub async fn run(cli: Cli) -> std::process::ExitCode {
     let result = match cli.command {
-        Command::Keys { command } => keys::run(command).map_err(|e| e.to_string()),
+        Command::Keys { command } => keys::run(command).await.map_err(|e| e.to_string()),
         Command::Demo { dir, kms_config, key } => {
             demo::run(&dir, kms_config, key).await.map_err(|e| e.to_string())
         }

@@ -68,6 +68,7 @@ pub fn kms_status(err: &KmsError, phase: Phase) -> Status {
             Status::invalid_argument(format!("parameter {PARAM_KMS_CONNECTION}: {message}"))
         }
         KmsError::KeyFile { .. } => Status::unavailable(message),
+        KmsError::KeyExists { .. } => Status::already_exists(message),
         KmsError::Unauthenticated { .. } => Status::unauthenticated(message),
         KmsError::InvalidSecrets { .. } => Status::invalid_argument(message),
         // A reply cryptvol cannot interpret is a fault on one side or the other; retrying will not help.

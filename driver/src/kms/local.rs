@@ -126,6 +126,11 @@ impl KeyFile {
         change: impl FnOnce(&mut KeyFile) -> Result<T, KmsError>,
     ) -> Result<T, KmsError> {
         let lock_path = lock_path(path);
+        if create {
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                fs::create_dir_all(dir).map_err(|e| key_file_error(dir, e))?;
+            }
+        }
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -148,10 +153,7 @@ impl KeyFile {
     pub fn create_key(&mut self, name: &str) -> Result<(), KmsError> {
         validate_name(name)?;
         if self.keys.contains_key(name) {
-            return Err(KmsError::InvalidKeyId {
-                key: name.into(),
-                reason: "a key with this name exists".into(),
-            });
+            return Err(KmsError::KeyExists { key: name.into() });
         }
         let created_at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

@@ -191,6 +191,9 @@ pub enum KmsError {
     UnknownConnection { name: String },
     #[error("local key file {path}: {message}")]
     KeyFile { path: String, message: String },
+    /// `cryptvol keys create` of a name the key file already holds.
+    #[error("local key {key:?} exists already")]
+    KeyExists { key: String },
     /// No credentials could be found, or the KMS did not accept them (unknown, expired, bad signature).
     #[error("{action} on key {key} was not authenticated: {message}")]
     Unauthenticated { action: KmsAction, key: String, message: String },
