@@ -1,14 +1,17 @@
 //! The cluster under test: a client, per-test namespaces, and waits on conditions with timeouts.
 
 use std::fmt::Debug;
+use std::time::Duration;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{DeleteParams, ListParams, LogParams, PostParams};
+use kube::core::Status;
 use kube::runtime::wait::{await_condition, conditions, Condition};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::{kube_err, E2eError, Result, Settings};
@@ -155,6 +158,43 @@ impl Cluster {
         }
     }
 }
+
+impl Cluster {
+    /// Creates `object` until admission refuses it and returns the refusal. A policy takes a
+    /// moment to take effect after it is applied, so an object that got through is deleted and
+    /// the create is tried again, every [`POLL_INTERVAL`], until the timeout.
+    pub async fn until_refused<K>(&self, api: &Api<K>, object: &K) -> Result<Status>
+    where
+        K: Resource + Clone + Debug + DeserializeOwned + Serialize + Send + 'static,
+    {
+        let name = object.name_any();
+        let after = self.settings.timeout;
+        let deadline = tokio::time::Instant::now() + after;
+        loop {
+            match api.create(&PostParams::default(), object).await {
+                Err(kube::Error::Api(status)) if status.is_forbidden() || status.is_invalid() => {
+                    return Ok(*status)
+                }
+                Err(e) => return Err(kube_err(format!("creating {name}"))(e)),
+                Ok(created) => {
+                    api.delete(&name, &DeleteParams::default())
+                        .await
+                        .map_err(kube_err(format!("deleting {name}, which admission let through")))?;
+                    let uid = created.uid().unwrap_or_default();
+                    let what = format!("{name}, which admission let through, to be deleted");
+                    self.wait(api.clone(), &name, &what, conditions::is_deleted(&uid)).await?;
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(E2eError::Timeout { what: format!("admission to refuse {name}"), after });
+            }
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
+}
+
+/// How often [`Cluster::until_refused`] tries again.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// Whether every container of the pod is ready.
 pub fn is_ready(pod: &Pod) -> bool {
