@@ -9,6 +9,7 @@ use cryptvol_proto::csi::v1::node_server::NodeServer;
 use tonic::transport::Server;
 
 use crate::csi::controller::ControllerService;
+use crate::csi::events::VolumeEvents;
 use crate::csi::identity::IdentityService;
 use crate::csi::node::NodeService;
 use crate::kms::config::{ConfigError, KmsRegistry};
@@ -80,6 +81,7 @@ pub async fn run_node(args: NodeArgs) -> Result<(), PluginError> {
     if let Some(dir) = &args.state_dir {
         node = node.with_state_dir(dir.clone());
     }
+    node = node.with_events(VolumeEvents::in_cluster(&args.node_id).await);
     let healer = node.clone();
     tokio::spawn(async move {
         let healed = healer.heal().await;

@@ -267,6 +267,12 @@ impl TestNamespace {
     /// Creates a pod, waits until it has finished, and returns its log; a failed pod is an error.
     pub async fn completed_pod(&self, pod: &Pod) -> Result<String> {
         let name = self.create_pod(pod).await?;
+        self.finished_pod(&name).await
+    }
+
+    /// Waits until an existing pod has finished and returns its log; a failed pod is an error.
+    pub async fn finished_pod(&self, name: &str) -> Result<String> {
+        let name = name.to_string();
         let what = format!("pod {}/{name} to finish", self.name);
         let done = |p: Option<&Pod>| p.and_then(phase).is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
         let seen = self.cluster.wait(self.pods(), &name, &what, done).await?;

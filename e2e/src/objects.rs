@@ -45,6 +45,17 @@ pub fn shell_pod(name: &str, image: &str, node: &str, claim: &str, script: &str)
     }))
 }
 
+/// The same pod with its volume mounted with `mountPropagation: HostToContainer`, so that mounts
+/// the node plugin makes again on the host after a restart reach the running container.
+pub fn with_host_to_container(mut pod: Pod) -> Pod {
+    let mounts =
+        pod.spec.iter_mut().flat_map(|s| s.containers.iter_mut()).flat_map(|c| c.volume_mounts.iter_mut());
+    for mount in mounts.flatten() {
+        mount.mount_propagation = Some("HostToContainer".into());
+    }
+    pod
+}
+
 /// A StorageClass of this driver with the given parameters.
 pub fn storage_class(name: &str, parameters: serde_json::Value) -> StorageClass {
     from_json(json!({

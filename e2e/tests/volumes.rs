@@ -6,7 +6,7 @@
 //! `e2e/run.sh` runs these one at a time (`--test-threads=1`): the restart test takes a node
 //! plugin down, which would disturb a test running beside it on that node.
 
-use cryptvol_e2e::objects::{claim, shell_pod, Plaintext};
+use cryptvol_e2e::objects::{claim, shell_pod, with_host_to_container, Plaintext};
 use cryptvol_e2e::{backing, quantity, Cluster, E2eError, Result, TestNamespace};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Patch, PatchParams};
@@ -169,6 +169,34 @@ async fn a_new_pod_mounts_the_volume_after_the_node_plugin_restarts() -> Result<
     read(&cluster, &ns, "after-restart", node, "survivor", &text).await?;
     ns.delete_pod("hold").await?;
     read(&cluster, &ns, "after-unpublish", node, "survivor", &text).await?;
+    ns.delete().await
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster"]
+async fn a_host_to_container_pod_sees_its_volume_return_after_the_node_plugin_restarts() -> Result<()> {
+    let cluster = Cluster::connect().await?;
+    let workers = cluster.require_workers(1).await?;
+    let node = &workers[0];
+    let ns = cluster.namespace("propagation", json!({})).await?;
+    let storage_class = &cluster.settings().storage_class;
+    ns.bound_claim(&claim("comeback", storage_class, SIZE, "ReadWriteOnce")).await?;
+    let text = Plaintext::new();
+    write(&cluster, &ns, node, "comeback", &text).await?;
+
+    // The watcher keeps running through the restart: it sees the volume go, then come back.
+    let script = format!(
+        "until ! cat {p} >/dev/null 2>&1; do sleep 0.1; done; echo lost\n\
+         until cat {p} >/dev/null 2>&1; do sleep 0.2; done; echo back; wc -c < {p}",
+        p = text.path()
+    );
+    let image = &cluster.settings().image;
+    ns.running_pod(&with_host_to_container(shell_pod("watcher", image, node, "comeback", &script))).await?;
+    cluster.restart_node_plugin(node).await?;
+    let log = ns.finished_pod("watcher").await?;
+    if !(log.contains("lost") && log.contains("back") && log.contains(&text.len().to_string())) {
+        return Err(E2eError::ClusterState(format!("the watcher did not see its volume return: {log}")));
+    }
     ns.delete().await
 }
 

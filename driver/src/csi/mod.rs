@@ -5,6 +5,7 @@
 //! error through one exhaustive function per error type.
 
 pub mod controller;
+pub mod events;
 pub mod identity;
 pub mod mount;
 pub mod node;

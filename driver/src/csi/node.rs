@@ -10,6 +10,7 @@ use csi::node_server::Node;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 
+use super::events::VolumeEvents;
 use super::state::{NodeState, VolumeRecord};
 use super::{kms_status, mount, required, store_status, InFlight, Phase};
 use crate::fs::{Mount, MountOptions};
@@ -36,6 +37,7 @@ pub struct NodeService {
     in_flight: InFlight,
     fuse_threads: usize,
     state: NodeState,
+    events: VolumeEvents,
 }
 
 /// A NodeStageVolume request, checked.
@@ -92,7 +94,14 @@ impl NodeService {
             in_flight: InFlight::default(),
             fuse_threads: 4,
             state: NodeState::default(),
+            events: VolumeEvents::default(),
         }
+    }
+
+    /// Raises Kubernetes Events for volumes the node cannot serve again.
+    pub fn with_events(mut self, events: VolumeEvents) -> Self {
+        self.events = events;
+        self
     }
 
     /// Keeps node state in `dir`, so that a restarted plugin can serve its volumes again.
@@ -310,11 +319,14 @@ impl NodeService {
             match self.heal_volume(record.clone()).await {
                 Ok(true) => healed += 1,
                 Ok(false) => {}
-                Err(status) => tracing::error!(
-                    volume_id = %record.volume_id,
-                    error = %status.message(),
-                    "cannot serve the volume again; pods using it see errors until it is staged again"
-                ),
+                Err(status) => {
+                    tracing::error!(
+                        volume_id = %record.volume_id,
+                        error = %status.message(),
+                        "cannot serve the volume again; pods using it see errors until it is staged again"
+                    );
+                    self.events.volume_not_served(&record.volume_id, status.message()).await;
+                }
             }
         }
         healed
@@ -331,6 +343,7 @@ impl NodeService {
         tracing::warn!(volume_id = %id, "volume is not being served; re-establishing it");
         if let Err(status) = self.heal_volume(record).await {
             tracing::error!(volume_id = %id, error = %status.message(), "cannot re-establish the volume");
+            self.events.volume_not_served(id, status.message()).await;
         }
     }
 
