@@ -20,8 +20,18 @@ async fn bench_reports_every_figure() {
     let json = serde_json::to_value(&report).unwrap();
 
     let figures = [
-        "seq_write", "seq_read_cold", "small_write_4k", "rand_read_4k", "rand_write_4k", "tree_extract",
-        "tree_ls_lR", "tree_read_all", "tree_rm_rf", "files_create", "files_stat", "files_delete",
+        "seq_write",
+        "seq_read_cold",
+        "small_write_4k",
+        "rand_read_4k",
+        "rand_write_4k",
+        "tree_extract",
+        "tree_ls_lR",
+        "tree_read_all",
+        "tree_rm_rf",
+        "files_create",
+        "files_stat",
+        "files_delete",
     ];
     for target in ["plain", "cryptvol"] {
         for figure in figures {
@@ -30,8 +40,15 @@ async fn bench_reports_every_figure() {
         }
     }
     let csi = [
-        "create_volume_median", "create_volume_p99", "node_stage_median", "node_stage_p99", "node_publish_median",
-        "node_publish_p99", "create_volume_concurrent_total", "rss_idle", "rss_staged",
+        "create_volume_median",
+        "create_volume_p99",
+        "node_stage_median",
+        "node_stage_p99",
+        "node_publish_median",
+        "node_publish_p99",
+        "create_volume_concurrent_total",
+        "rss_idle",
+        "rss_staged",
     ];
     for figure in csi {
         let value = json["csi"][figure]["median"].as_f64();

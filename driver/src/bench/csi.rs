@@ -40,7 +40,11 @@ impl Plugins {
         let backing = dir.join("backing");
         std::fs::create_dir_all(&backing).map_err(io("cannot create the backing store"))?;
         let key_file = dir.join("keys.json");
-        KeyFile::update(&key_file, true, |f| if f.keys.contains_key(KEY) { Ok(()) } else { f.create_key(KEY) })?;
+        KeyFile::update(
+            &key_file,
+            true,
+            |f| if f.keys.contains_key(KEY) { Ok(()) } else { f.create_key(KEY) },
+        )?;
         let kms = Arc::new(KmsRegistry::from_config(KmsConfig::local(key_file), dir, "(bench)")?);
         let store = BackingStore::new(&backing);
         Ok(Plugins {
@@ -78,7 +82,12 @@ impl Plugins {
         Ok(())
     }
 
-    pub async fn publish(&self, volume: &csi::Volume, staging: &Path, target: &Path) -> Result<(), BenchError> {
+    pub async fn publish(
+        &self,
+        volume: &csi::Volume,
+        staging: &Path,
+        target: &Path,
+    ) -> Result<(), BenchError> {
         let req = csi::NodePublishVolumeRequest {
             volume_id: volume.volume_id.clone(),
             staging_target_path: staging.display().to_string(),
@@ -106,11 +115,13 @@ impl Plugins {
             staging_target_path: staging.display().to_string(),
         };
         let _ = self.node.node_unstage_volume(Request::new(req)).await;
-        let _ = self.controller.delete_volume(Request::new(csi::DeleteVolumeRequest {
-            volume_id: volume_id.into(),
-            ..Default::default()
-        }))
-        .await;
+        let _ = self
+            .controller
+            .delete_volume(Request::new(csi::DeleteVolumeRequest {
+                volume_id: volume_id.into(),
+                ..Default::default()
+            }))
+            .await;
     }
 }
 
@@ -133,7 +144,11 @@ fn median_and_p99(mut samples: Vec<f64>) -> (f64, f64) {
 
 /// CreateVolume, NodeStage and NodePublish latency over `volumes` volumes, `concurrent`
 /// simultaneous CreateVolume calls, and resident memory idle and with every volume staged.
-pub async fn operation_figures(dir: &Path, volumes: usize, concurrent: usize) -> Result<Vec<Figure>, BenchError> {
+pub async fn operation_figures(
+    dir: &Path,
+    volumes: usize,
+    concurrent: usize,
+) -> Result<Vec<Figure>, BenchError> {
     let plugins = Arc::new(Plugins::start(dir)?);
     let rss_idle = rss_mib();
     let mut made: Vec<(String, PathBuf, PathBuf)> = Vec::new();
@@ -175,16 +190,16 @@ async fn measure(
     });
     let mut concurrent_ids = Vec::new();
     for call in calls.collect::<Vec<_>>() {
-        let joined = call.await.map_err(|e| BenchError::Tool { tool: "tokio".into(), detail: e.to_string() })?;
+        let joined =
+            call.await.map_err(|e| BenchError::Tool { tool: "tokio".into(), detail: e.to_string() })?;
         concurrent_ids.push(joined?.volume_id);
     }
     let concurrent_s = start.elapsed().as_secs_f64();
     for id in concurrent_ids {
-        let _ = plugins.controller.delete_volume(Request::new(csi::DeleteVolumeRequest {
-            volume_id: id,
-            ..Default::default()
-        }))
-        .await;
+        let _ = plugins
+            .controller
+            .delete_volume(Request::new(csi::DeleteVolumeRequest { volume_id: id, ..Default::default() }))
+            .await;
     }
 
     let (create_med, create_p99) = median_and_p99(create);

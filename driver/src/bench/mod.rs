@@ -60,7 +60,7 @@ impl BenchOptions {
             skip_gocryptfs: false,
             tree_files: None,
             files: 10_000,
-            random_ops: 20_000,
+            random_ops: 10_000,
             volumes: 100,
             concurrent_creates: 50,
         }
@@ -101,9 +101,11 @@ fn median(mut samples: Vec<f64>) -> f64 {
 fn collect(runs: Vec<Vec<Figure>>) -> BTreeMap<String, Measured> {
     let mut out: BTreeMap<String, Measured> = BTreeMap::new();
     for figure in runs.into_iter().flatten() {
-        let entry = out
-            .entry(figure.name.to_string())
-            .or_insert_with(|| Measured { unit: figure.unit, median: 0.0, samples: Vec::new() });
+        let entry = out.entry(figure.name.to_string()).or_insert_with(|| Measured {
+            unit: figure.unit,
+            median: 0.0,
+            samples: Vec::new(),
+        });
         entry.samples.push(figure.value);
     }
     for m in out.values_mut() {
@@ -119,13 +121,19 @@ fn command_line(cmd: &str, args: &[&str]) -> Option<String> {
 
 fn machine(dir: &Path) -> BTreeMap<String, String> {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|v| v.trim_start_matches([' ', '\t', ':']));
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']));
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let mut m = BTreeMap::new();
     m.insert("cpu".into(), cpu.unwrap_or("unknown").to_string());
     m.insert("cores".into(), cores.to_string());
-    m.insert("kernel".into(), std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().into());
+    m.insert(
+        "kernel".into(),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().into(),
+    );
     m.insert("memory".into(), mem.lines().next().unwrap_or("").trim_start_matches("MemTotal:").trim().into());
     let fs_type = command_line("stat", &["-f", "-c", "%T", &dir.display().to_string()]);
     m.insert("backing_fs".into(), fs_type.unwrap_or_else(|| "unknown".into()));
@@ -135,7 +143,12 @@ fn machine(dir: &Path) -> BTreeMap<String, String> {
 }
 
 /// Runs `repeat` repetitions of the workloads on `root` after a warm-up.
-fn measure_target(w: &Workloads, root: &Path, backing: &Path, repeat: usize) -> Result<BTreeMap<String, Measured>, BenchError> {
+fn measure_target(
+    w: &Workloads,
+    root: &Path,
+    backing: &Path,
+    repeat: usize,
+) -> Result<BTreeMap<String, Measured>, BenchError> {
     w.warm_up(root)?;
     let mut runs = Vec::new();
     for _ in 0..repeat.max(1) {
@@ -158,10 +171,17 @@ fn run_status(cmd: &mut Command) -> Result<(), BenchError> {
     if out.status.success() {
         return Ok(());
     }
-    Err(BenchError::Tool { tool: format!("{cmd:?}"), detail: String::from_utf8_lossy(&out.stderr).trim().into() })
+    Err(BenchError::Tool {
+        tool: format!("{cmd:?}"),
+        detail: String::from_utf8_lossy(&out.stderr).trim().into(),
+    })
 }
 
-fn bench_gocryptfs(w: &Workloads, dir: &Path, repeat: usize) -> Result<BTreeMap<String, Measured>, BenchError> {
+fn bench_gocryptfs(
+    w: &Workloads,
+    dir: &Path,
+    repeat: usize,
+) -> Result<BTreeMap<String, Measured>, BenchError> {
     let (cipher, plain) = (dir.join("cipher"), dir.join("plain"));
     for d in [&cipher, &plain] {
         std::fs::create_dir_all(d).map_err(io("cannot create the gocryptfs directories"))?;
@@ -176,7 +196,11 @@ fn bench_gocryptfs(w: &Workloads, dir: &Path, repeat: usize) -> Result<BTreeMap<
     result
 }
 
-async fn bench_cryptvol(w: &Workloads, dir: &Path, repeat: usize) -> Result<BTreeMap<String, Measured>, BenchError> {
+async fn bench_cryptvol(
+    w: &Workloads,
+    dir: &Path,
+    repeat: usize,
+) -> Result<BTreeMap<String, Measured>, BenchError> {
     let plugins = csi::Plugins::start(dir)?;
     let volume = plugins.create("bench-fs").await?;
     let staging = dir.join("staging");
@@ -226,7 +250,8 @@ async fn run_in(opts: &BenchOptions, work: &Path) -> Result<Report, BenchError> 
         .map_err(|e| BenchError::Tool { tool: "tokio".into(), detail: e.to_string() })??;
     targets.insert("plain".to_string(), measured);
     targets.insert("cryptvol".to_string(), bench_cryptvol(&w, &mkdir("cryptvol")?, opts.repeat).await?);
-    let gocryptfs = if opts.skip_gocryptfs { Err("--skip-gocryptfs given".to_string()) } else { gocryptfs_available() };
+    let gocryptfs =
+        if opts.skip_gocryptfs { Err("--skip-gocryptfs given".to_string()) } else { gocryptfs_available() };
     match gocryptfs {
         Ok(()) => {
             let (w2, dir, repeat) = (w.clone(), mkdir("gocryptfs")?, opts.repeat);
@@ -276,7 +301,8 @@ impl Report {
         for (name, m) in cv {
             let cell = |t: &str| get(t, name).map_or("-".to_string(), |m| format!("{:.2}", m.median));
             let ratio = |t: &str| {
-                get(t, name).map_or("-".to_string(), |o| format!("{:.2}x", speed_ratio(m.unit, m.median, o.median)))
+                get(t, name)
+                    .map_or("-".to_string(), |o| format!("{:.2}x", speed_ratio(m.unit, m.median, o.median)))
             };
             out.push_str(&format!(
                 "| {:<16} | {:>6} | {:>10} | {:>10} | {:>10} | {:>8} | {:>12} |\n",

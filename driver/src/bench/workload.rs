@@ -152,7 +152,8 @@ fn random_io(path: &Path, size: u64, ops: usize, backing: &Path) -> Result<(f64,
 
 fn timed_command(cmd: &mut Command) -> Result<f64, BenchError> {
     let start = Instant::now();
-    let status = cmd.stdout(std::process::Stdio::null()).status().map_err(io(format!("cannot run {cmd:?}")))?;
+    let status =
+        cmd.stdout(std::process::Stdio::null()).status().map_err(io(format!("cannot run {cmd:?}")))?;
     if !status.success() {
         return Err(BenchError::Tool { tool: format!("{cmd:?}"), detail: status.to_string() });
     }
@@ -235,7 +236,11 @@ impl Workloads {
 
         let tree = root.join("tree");
         std::fs::create_dir(&tree).map_err(io("mkdir tree"))?;
-        push("tree_extract", "s", timed_command(Command::new("tar").arg("-xf").arg(&self.tree_tar).arg("-C").arg(&tree))?);
+        push(
+            "tree_extract",
+            "s",
+            timed_command(Command::new("tar").arg("-xf").arg(&self.tree_tar).arg("-C").arg(&tree))?,
+        );
         drop_caches(&[backing]);
         push("tree_ls_lR", "s", timed_command(Command::new("ls").arg("-lR").arg(&tree))?);
         drop_caches(&[backing]);

@@ -32,7 +32,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         _ => (text, 0),
     };
     let n: u64 = digits.parse().map_err(|_| format!("not a size: {text}"))?;
-    n.checked_shl(shift).filter(|v| *v > 0 && v >> shift == n).ok_or_else(|| format!("size out of range: {text}"))
+    n.checked_shl(shift)
+        .filter(|v| *v > 0 && v >> shift == n)
+        .ok_or_else(|| format!("size out of range: {text}"))
 }
 
 pub async fn run(args: BenchArgs) -> Result<(), String> {
