@@ -5,6 +5,7 @@
 //! KMS providers and the CSI services. Binaries only parse flags and call in here.
 
 pub mod atomic;
+pub mod bench;
 pub mod cipher;
 pub mod cli;
 pub mod csi;

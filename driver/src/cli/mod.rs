@@ -1,5 +1,6 @@
-//! The `cryptvol` admin CLI: local key management and a self-contained demo.
+//! The `cryptvol` admin CLI: local key management, a self-contained demo and the benchmark.
 
+pub mod bench;
 pub mod demo;
 pub mod keys;
 
@@ -31,6 +32,8 @@ pub enum Command {
         #[arg(long)]
         key: Option<String>,
     },
+    /// Benchmark cryptvol against the plain directory and gocryptfs on the file system of DIR.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -40,6 +43,7 @@ pub async fn run(cli: Cli) -> std::process::ExitCode {
         Command::Demo { dir, kms_config, key } => {
             demo::run(&dir, kms_config, key).await.map_err(|e| e.to_string())
         }
+        Command::Bench(args) => bench::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -85,6 +85,7 @@ pub fn mount(
     opts: MountOptions,
 ) -> Result<Mount, FsError> {
     sys::raise_nofile_limit();
+    sys::fix_malloc_thresholds();
     let fs = Arc::new(CryptFs::new(backing_dir, keys, opts.volume_id.clone(), opts.read_only)?);
     let mountpoint = mountpoint.canonicalize().map_err(|source| mount_error(mountpoint, source))?;
 
