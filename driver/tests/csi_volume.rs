@@ -230,3 +230,34 @@ async fn a_disabled_key_or_a_wrong_wrap_refuses_to_stage_and_mounts_nothing() {
     assert_eq!(st.size(), 4);
     h.unstage(&a.volume_id, &staging).await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unstage_drops_the_keys_even_while_a_bind_mount_still_uses_the_volume() {
+    let mut h = Harness::start().await;
+    let volume = h.create("pvc-busy", "app").await.unwrap();
+    let (staging, target) = (h.path("staging"), h.path("mnt"));
+    h.stage(&volume, &staging).await.unwrap();
+    h.publish(&volume, &staging, &target, false).await.unwrap();
+    std::fs::write(target.join("secret.txt"), b"plaintext").unwrap();
+
+    // A CO that unstages before unpublishing: the call returns, and the bind mount that is left
+    // serves no more plaintext.
+    let unstaged =
+        tokio::time::timeout(std::time::Duration::from_secs(20), h.unstage(&volume.volume_id, &staging));
+    unstaged.await.expect("NodeUnstage must not wait for the bind mount's users").unwrap();
+    let read = std::fs::read(target.join("secret.txt"));
+    assert!(read.is_err(), "the leftover bind mount still served plaintext: {read:?}");
+    // Publishing the same volume again onto a target that holds another mount is refused.
+    let foreign = h.path("mnt2");
+    std::fs::create_dir_all(&foreign).unwrap();
+    h.stage(&volume, &staging).await.unwrap();
+    let other = h.path("other");
+    std::fs::create_dir_all(&other).unwrap();
+    nix::mount::mount(Some(&other), &foreign, None::<&str>, nix::mount::MsFlags::MS_BIND, None::<&str>)
+        .unwrap();
+    let err = h.publish(&volume, &staging, &foreign, false).await.unwrap_err();
+    assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
+    h.unpublish(&volume.volume_id, &foreign).await.unwrap();
+    h.unpublish(&volume.volume_id, &target).await.unwrap();
+    h.unstage(&volume.volume_id, &staging).await.unwrap();
+}

@@ -61,12 +61,23 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
-/// Removes the empty directory a target was mounted on; a missing one is fine.
+/// Removes the empty directory a target was mounted on; a missing one is fine, and a directory
+/// that holds files (not ours to delete) is left in place.
 pub fn remove_dir(dir: &Path) -> io::Result<()> {
     match std::fs::remove_dir(dir) {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => {
+            tracing::warn!(path = %dir.display(), "target path is not empty; leaving it in place");
+            Ok(())
+        }
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }
+}
+
+/// Whether `target` shows the filesystem mounted at `source` (a bind mount shares its device).
+pub fn same_filesystem(source: &Path, target: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(source)?.dev() == std::fs::metadata(target)?.dev())
 }
 
 fn normalize(path: &Path) -> PathBuf {

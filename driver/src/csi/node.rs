@@ -273,7 +273,15 @@ impl NodeService {
             let (staging, target) = (staging_path, target_path);
             if mount::is_mount_point(&target).map_err(|e| io_status("cannot inspect", &target, e))? {
                 if mount::is_alive(&target) {
-                    return Ok(());
+                    let ours = mount::same_filesystem(&staging, &target)
+                        .map_err(|e| io_status("cannot inspect", &target, e))?;
+                    if ours {
+                        return Ok(());
+                    }
+                    return Err(Status::already_exists(format!(
+                        "target_path {} holds another mount",
+                        target.display()
+                    )));
                 }
                 mount::unmount(&target).map_err(|e| io_status("cannot clear dead mount", &target, e))?;
             }

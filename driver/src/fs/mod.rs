@@ -140,8 +140,25 @@ impl Mount {
         let Some(session) = self.session.take() else {
             return Ok(());
         };
-        let unmounted = session.umount_and_join();
+        // Keys go first: whatever still reaches this session after the unmount (a bind mount of
+        // the volume elsewhere, a detached mount in use) gets ENOKEY, never plaintext.
         self.fs.drop_keys();
+        // The session ends only when the kernel's last user of the mount leaves, which bind mounts
+        // elsewhere can delay indefinitely: never block the caller on that.
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done_tx.send(session.umount_and_join());
+        });
+        let unmounted = match done_rx.recv_timeout(std::time::Duration::from_secs(2)) {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    volume_id = %self.volume_id,
+                    "volume still in use through another mount; keys dropped, the session ends with its last user"
+                );
+                return Ok(());
+            }
+        };
         let Err(err) = unmounted else {
             tracing::info!(volume_id = %self.volume_id, mountpoint = %self.mountpoint.display(), "volume unmounted");
             return Ok(());
