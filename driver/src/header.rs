@@ -58,6 +58,9 @@ pub struct VolumeHeader {
     pub capacity_bytes: u64,
     /// Unix seconds.
     pub created_at: u64,
+    /// Unix seconds of the last key rotation (re-wrap); absent when never rotated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_at: Option<u64>,
     /// Hex HMAC-SHA256 over the immutable fields, written by the first stage; absent before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seal: Option<String>,
@@ -114,6 +117,7 @@ impl VolumeHeader {
             cipher_suite: CIPHER_SUITE.to_string(),
             capacity_bytes,
             created_at,
+            rotated_at: None,
             seal: None,
         }
     }

@@ -14,6 +14,7 @@ pub mod header;
 pub mod keys;
 pub mod kms;
 pub mod plugin;
+pub mod rotation;
 pub mod server;
 pub mod telemetry;
 pub mod volume;

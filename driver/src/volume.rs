@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! <backing root>/<volume id>/cryptvol.header   the header (docs/FORMAT.md)
+//! <backing root>/<volume id>/cryptvol.header.lock  serializes header changes
 //! <backing root>/<volume id>/data/             the encrypted tree
 //! <backing root>/.cvtmp-<volume id>-<random>/  a volume being created (renamed into place when whole)
 //! ```
@@ -10,6 +11,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -17,6 +19,8 @@ use sha2::{Digest, Sha256};
 use crate::header::{HeaderError, VolumeHeader, VolumeState, DATA_DIR};
 
 const TEMP_PREFIX: &str = ".cvtmp-";
+/// The lock file that serializes header changes (see [`BackingStore::modify_header`]).
+pub const HEADER_LOCK_FILE: &str = "cryptvol.header.lock";
 /// Longest volume id: short enough to leave room for the temp-directory prefix and suffix.
 pub const MAX_VOLUME_ID_LEN: usize = 128;
 
@@ -50,6 +54,21 @@ pub enum Created {
 #[derive(Debug, Clone)]
 pub struct BackingStore {
     root: PathBuf,
+}
+
+/// Takes the exclusive header lock of a volume directory; released when the guard drops.
+fn lock_header(dir: &Path) -> Result<nix::fcntl::Flock<fs::File>, StoreError> {
+    let path = dir.join(HEADER_LOCK_FILE);
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err(&path))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| io_err(&path)(errno.into()))
 }
 
 /// Maps a CreateVolume name to a volume id: the name itself when it is a safe path component,
@@ -156,9 +175,34 @@ impl BackingStore {
         crate::atomic::sync_dir(&self.root).map_err(io_err(&self.root))
     }
 
-    /// Rewrites the header of an existing volume (expansion, rotation).
-    pub fn update_header(&self, header: &VolumeHeader) -> Result<(), StoreError> {
-        Ok(header.write(&self.volume_dir(&header.volume_id)?)?)
+    /// Changes the header of an existing volume under the volume's header lock: re-reads the header,
+    /// lets `change` edit it, and writes it back atomically when `change` returns `true`.
+    ///
+    /// Three writers share a header (the controller's expansion, the controller's key rotation and
+    /// a node's first-stage seal), on different hosts; each edits only its own fields of a fresh
+    /// read, so none undoes another's change. The lock is `flock(2)` on `cryptvol.header.lock`,
+    /// which Linux NFS clients map to NFS byte-range locks. Returns the header as it now stands, or
+    /// `None` when the volume does not exist.
+    pub fn modify_header<E>(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut VolumeHeader) -> Result<bool, E>,
+    ) -> Result<Option<VolumeHeader>, E>
+    where
+        E: From<StoreError>,
+    {
+        let dir = self.volume_dir(id)?;
+        if !dir.exists() {
+            return Ok(None);
+        }
+        let _held = lock_header(&dir)?;
+        let Some(mut header) = self.header(id)? else {
+            return Ok(None);
+        };
+        if change(&mut header)? {
+            header.write(&dir).map_err(StoreError::from)?;
+        }
+        Ok(Some(header))
     }
 
     /// Deletes a volume: destroys the wrapped key first, then the tree. An absent volume is fine.
@@ -167,6 +211,7 @@ impl BackingStore {
         if !dir.exists() {
             return Ok(());
         }
+        let held = lock_header(&dir)?;
         match VolumeHeader::read(&dir) {
             Ok(mut header) if header.state == VolumeState::Ready => {
                 header.state = VolumeState::Deleting;
@@ -177,6 +222,7 @@ impl BackingStore {
             Ok(_) | Err(HeaderError::Missing { .. }) | Err(HeaderError::Malformed { .. }) => {}
             Err(e) => return Err(e.into()),
         }
+        drop(held);
         let data = dir.join(DATA_DIR);
         match fs::remove_dir_all(&data) {
             Ok(()) => {}

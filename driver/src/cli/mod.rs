@@ -34,6 +34,22 @@ pub enum Command {
     },
     /// Benchmark cryptvol against the plain directory and gocryptfs on the file system of DIR.
     Bench(bench::BenchArgs),
+    /// Re-wrap a volume's data key under another KMS key, or under the newest material of its own
+    /// key (key-encryption-key rotation; files are not re-encrypted). On a cluster, use an
+    /// EncryptionKeyRotation object instead.
+    Rewrap {
+        /// Directory under which every volume lives.
+        #[arg(long)]
+        backing_root: PathBuf,
+        /// KMS configuration file (YAML), as the plugins use.
+        #[arg(long)]
+        kms_config: PathBuf,
+        /// Target key (id, ARN or alias on the volume's KMS connection; default: its current key).
+        #[arg(long)]
+        to_key: Option<String>,
+        /// The volume id (its directory name under the backing root).
+        volume_id: String,
+    },
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -44,6 +60,9 @@ pub async fn run(cli: Cli) -> std::process::ExitCode {
             demo::run(&dir, kms_config, key).await.map_err(|e| e.to_string())
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Rewrap { backing_root, kms_config, to_key, volume_id } => {
+            rewrap(backing_root, kms_config, to_key, volume_id).await
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -52,4 +71,23 @@ pub async fn run(cli: Cli) -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+async fn rewrap(
+    backing_root: PathBuf,
+    kms_config: PathBuf,
+    to_key: Option<String>,
+    volume_id: String,
+) -> Result<(), String> {
+    let kms = crate::kms::config::KmsRegistry::load(&kms_config).map_err(|e| e.to_string())?;
+    let store = crate::volume::BackingStore::new(backing_root);
+    let secrets = crate::kms::Secrets::default();
+    let done = crate::rotation::rotate_volume(&store, &kms, &volume_id, to_key.as_deref(), &secrets)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!(
+        "volume {}: data key re-wrapped from {} to {}",
+        done.volume_id, done.from_key_arn, done.to_key_arn
+    );
+    Ok(())
 }

@@ -14,7 +14,7 @@ use super::{kms_status, required, store_status, InFlight, Phase};
 use crate::header::{VolumeHeader, VolumeState};
 use crate::kms::config::KmsRegistry;
 use crate::kms::Secrets;
-use crate::volume::{volume_id_for_name, BackingStore, Created};
+use crate::volume::{volume_id_for_name, BackingStore, Created, StoreError};
 
 /// Capacity when a request gives no range: 1 GiB.
 pub const DEFAULT_CAPACITY: u64 = 1 << 30;
@@ -431,15 +431,15 @@ impl Controller for ControllerService {
         let _guard = self.in_flight.claim(&id)?;
         let capacity = self
             .blocking(move |store| {
-                let Some(mut header) = store.header(&id)? else {
-                    return Ok(None);
-                };
                 let wanted = if required_bytes > 0 { required_bytes } else { limit_bytes };
-                if header.capacity_bytes < wanted {
-                    header.capacity_bytes = wanted;
-                    store.update_header(&header)?;
-                }
-                Ok(Some(header.capacity_bytes))
+                let header = store.modify_header(&id, |header| -> Result<bool, StoreError> {
+                    let grow = header.capacity_bytes < wanted;
+                    if grow {
+                        header.capacity_bytes = wanted;
+                    }
+                    Ok(grow)
+                })?;
+                Ok(header.map(|h| h.capacity_bytes))
             })
             .await?
             .ok_or_else(|| Status::not_found(format!("volume {} does not exist", req.volume_id)))?;

@@ -78,6 +78,12 @@ pub fn kms_status(err: &KmsError, phase: Phase) -> Status {
 }
 
 /// Maps a backing-store failure to a gRPC status.
+impl From<StoreError> for Status {
+    fn from(err: StoreError) -> Status {
+        store_status(&err)
+    }
+}
+
 pub fn store_status(err: &StoreError) -> Status {
     let message = err.to_string();
     match err {

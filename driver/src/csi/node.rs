@@ -402,10 +402,21 @@ fn check_header(header: &VolumeHeader, req: &StageVolume) -> Result<(), Status> 
     }
     if let Some(expected) = &req.key_arn {
         if *expected != header.key_arn {
-            return Err(Status::failed_precondition(format!(
-                "volume {} header names key {}, but the volume was provisioned with {expected}",
-                req.volume_id, header.key_arn
-            )));
+            // A key rotation re-wraps a sealed volume under another key; the seal, checked once
+            // the key is unwrapped, proves the data key is still the volume's own. An unsealed
+            // volume has nothing to prove it, so its key must be the one it was provisioned with.
+            if header.seal.is_none() {
+                return Err(Status::failed_precondition(format!(
+                    "volume {} header names key {}, but the volume was provisioned with {expected} \
+                     and its header carries no seal that could vouch for a rotation",
+                    req.volume_id, header.key_arn
+                )));
+            }
+            tracing::info!(
+                provisioned_key = %expected,
+                current_key = %header.key_arn,
+                "volume key was rotated since provisioning; the header seal will vouch for it"
+            );
         }
     }
     Ok(())
@@ -414,7 +425,7 @@ fn check_header(header: &VolumeHeader, req: &StageVolume) -> Result<(), Status> 
 /// Checks the header seal, or writes it on the first stage of a fresh volume.
 fn seal_or_verify(
     store: &BackingStore,
-    mut header: VolumeHeader,
+    header: VolumeHeader,
     keys: &crate::keys::VolumeKeys,
 ) -> Result<(), Status> {
     if header.verify_seal(keys).map_err(|e| super::header_status(&e))? {
@@ -432,8 +443,20 @@ fn seal_or_verify(
             header.volume_id
         )));
     }
-    header.seal = Some(header.compute_seal(keys));
-    store.update_header(&header).map_err(|e| store_status(&e))
+    // Seal a fresh read under the header lock, so a rotation or expansion made since the read
+    // above is kept; a seal another node wrote meanwhile must verify under these keys too.
+    let id = header.volume_id.clone();
+    let sealed = store.modify_header(&id, |fresh| -> Result<bool, Status> {
+        if fresh.verify_seal(keys).map_err(|e| super::header_status(&e))? {
+            return Ok(false);
+        }
+        fresh.seal = Some(fresh.compute_seal(keys));
+        Ok(true)
+    })?;
+    match sealed {
+        Some(_) => Ok(()),
+        None => Err(Status::not_found(format!("volume {id} was deleted while being staged"))),
+    }
 }
 
 #[tonic::async_trait]
