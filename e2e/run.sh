@@ -82,6 +82,8 @@ kind load docker-image "$IMAGE" --name "$CLUSTER"
 echo "== local key and Secret"
 keys=$(mktemp -d)
 docker run --rm -v "$keys:/keys" "$IMAGE" cryptvol keys create --key-file /keys/keys.json e2e
+# The rotation case re-wraps a volume under this second key.
+docker run --rm -v "$keys:/keys" "$IMAGE" cryptvol keys create --key-file /keys/keys.json e2e-next
 kubectl create namespace "$NAMESPACE"
 kubectl -n "$NAMESPACE" create secret generic cryptvol-keys --from-file=keys.json="$keys/keys.json"
 rm -rf "$keys"

@@ -46,7 +46,7 @@ pub enum E2eError {
 pub type Result<T, E = E2eError> = std::result::Result<T, E>;
 
 /// Wraps a kube error with the step that failed.
-pub(crate) fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> E2eError {
+pub fn kube_err(what: impl Into<String>) -> impl FnOnce(kube::Error) -> E2eError {
     let what = what.into();
     move |source| E2eError::Kube { what, source }
 }

@@ -66,6 +66,11 @@ pub async fn run(dir: &Path, kms_config: Option<PathBuf>, key: Option<String>) -
                 }
                 Ok(())
             })?;
+            // The same configuration as a file, for `cryptvol rewrap` and the plugins' flags.
+            let config = KmsConfig::local(PathBuf::from("keys.json"));
+            let config_path = dir.join("kms.yaml");
+            let yaml = serde_yaml::to_string(&config).unwrap_or_default();
+            std::fs::write(&config_path, yaml).map_err(io("cannot write kms.yaml"))?;
             (KmsRegistry::from_config(KmsConfig::local(key_file), &dir, "(demo)")?, name)
         }
     };
