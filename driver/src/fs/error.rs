@@ -138,17 +138,15 @@ impl FsError {
         }
     }
 
-    /// True for failures that mean the backing store was altered or read with the wrong key:
-    /// these are logged at error level, with the volume, the file and the block.
-    pub fn is_integrity_failure(&self) -> bool {
+    /// What failed authentication, for the metrics; `None` for anything but integrity failures.
+    pub fn integrity_kind(&self) -> Option<crate::metrics::AuthFailure> {
+        use crate::metrics::AuthFailure;
         match self {
-            FsError::BlockAuthentication { .. }
-            | FsError::FileHeader { .. }
-            | FsError::FileLayout { .. }
-            | FsError::Name { .. }
-            | FsError::LongName { .. }
-            | FsError::DirId { .. }
-            | FsError::SymlinkTarget { .. } => true,
+            FsError::BlockAuthentication { .. } => Some(AuthFailure::Block),
+            FsError::FileHeader { .. } | FsError::FileLayout { .. } => Some(AuthFailure::FileHeader),
+            FsError::Name { .. } | FsError::LongName { .. } => Some(AuthFailure::Name),
+            FsError::DirId { .. } => Some(AuthFailure::DirId),
+            FsError::SymlinkTarget { .. } => Some(AuthFailure::Symlink),
             FsError::Backing { .. }
             | FsError::NameTooLong
             | FsError::InvalidName
@@ -162,8 +160,14 @@ impl FsError {
             | FsError::Random
             | FsError::Io(_)
             | FsError::NotAVolumeRoot(_)
-            | FsError::Mount { .. } => false,
+            | FsError::Mount { .. } => None,
         }
+    }
+
+    /// True for failures that mean the backing store was altered or read with the wrong key:
+    /// these are logged at error level, with the volume, the file and the block.
+    pub fn is_integrity_failure(&self) -> bool {
+        self.integrity_kind().is_some()
     }
 }
 
