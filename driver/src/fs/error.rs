@@ -89,7 +89,8 @@ pub enum FsError {
     /// Device nodes are refused: the backing store must never hold them.
     #[error("device nodes are not supported")]
     DeviceNode,
-    /// The volume's keys were dropped (unmount in progress or key revoked).
+    /// The volume's keys were dropped by an unmount in progress. (A volume locked because its
+    /// key was revoked answers with the lock's errno before reaching any operation.)
     #[error("the volume is locked: its keys were dropped")]
     Locked,
     /// The system random number generator failed.
