@@ -322,6 +322,13 @@ async fn disabling_the_key_locks_the_mounted_volume_and_enabling_it_unlocks_it()
     rig.set_key_enabled(false);
     rig.wait_for_stat(Some(libc::EKEYREVOKED), INTERVAL + MARGIN).await;
     rig.assert_locked_with(libc::EKEYREVOKED).await;
+    let exposed = cryptvol::metrics::get().encode();
+    for series in [
+        "cryptvol_fuse_errors_total{op=\"read\",errno=\"EKEYREVOKED\"}",
+        "cryptvol_kms_calls_total{operation=\"kms:Decrypt\",outcome=\"key_not_enabled\"}",
+    ] {
+        assert!(exposed.contains(series), "{series} is not counted:\n{exposed}");
+    }
     let locked = next_event(&mut raised).await;
     assert_eq!((locked["type"].as_str(), locked["reason"].as_str()), (Some("Warning"), Some("VolumeLocked")));
     assert_eq!(locked["regarding"]["name"], "pvc-revocation");
