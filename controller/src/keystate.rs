@@ -118,7 +118,8 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<A
         .map_err(|e| Error::Task(e.to_string()))??;
     let Some(header) = header else {
         // Deleted on the backing store (a released volume being reclaimed): nothing to watch.
-        ctx.key_states.lock().await.remove(&name);
+        let counts = forget_state(&ctx, &name).await;
+        cryptvol::metrics::set_volumes_by_key_state(&counts);
         return Ok(Action::await_change());
     };
 
@@ -157,7 +158,8 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Context>) -> Result<A
     if changed {
         announce(&ctx, &pv, &header.key_arn, previous.as_deref(), &health).await;
     }
-    record_state(&ctx, &name, health.name()).await;
+    let counts = record_state(&ctx, &name, health.name()).await;
+    cryptvol::metrics::set_volumes_by_key_state(&counts);
     Ok(Action::requeue(ctx.settings.key_state_interval))
 }
 
@@ -245,6 +247,17 @@ fn claim_of(pv: &PersistentVolume) -> Option<ObjectReference> {
 async fn record_state(ctx: &Context, pv: &str, state: &str) -> BTreeMap<String, i64> {
     let mut states = ctx.key_states.lock().await;
     states.insert(pv.to_string(), (Instant::now(), state.to_string()));
+    counts(ctx, &mut states)
+}
+
+/// Forgets a volume whose data is gone; returns the counts by state.
+async fn forget_state(ctx: &Context, pv: &str) -> BTreeMap<String, i64> {
+    let mut states = ctx.key_states.lock().await;
+    states.remove(pv);
+    counts(ctx, &mut states)
+}
+
+fn counts(ctx: &Context, states: &mut BTreeMap<String, (Instant, String)>) -> BTreeMap<String, i64> {
     let horizon = ctx.settings.key_state_interval * 2;
     states.retain(|_, (seen, _)| seen.elapsed() < horizon);
     let mut counts = BTreeMap::new();

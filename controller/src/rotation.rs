@@ -162,6 +162,7 @@ async fn rotate_one(
     };
     match cryptvol::rotation::rotate_volume(&ctx.store, &ctx.kms, volume_id, target, &secrets).await {
         Ok(done) => {
+            cryptvol::metrics::record_rotation("success");
             entry.outcome = VolumeOutcome::Rotated;
             entry.from_key_arn = Some(done.from_key_arn);
             entry.to_key_arn = Some(done.to_key_arn);
@@ -170,6 +171,7 @@ async fn rotate_one(
         }
         Err(e) => {
             let gave_up = e.is_permanent() || entry.attempts >= ctx.settings.rotation_max_attempts;
+            cryptvol::metrics::record_rotation(if gave_up { "failure" } else { "retry" });
             tracing::warn!(volume_id, attempts = entry.attempts, gave_up, error = %e, "volume rotation failed");
             entry.outcome = if gave_up { VolumeOutcome::Failed } else { VolumeOutcome::Pending };
             entry.message = Some(if gave_up && !e.is_permanent() {

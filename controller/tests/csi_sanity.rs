@@ -82,6 +82,7 @@ fn csi_sanity_passes_against_both_plugins() {
             .arg(&kms_config)
             .args(extra)
             .env("CRYPTVOL_LOG_LEVEL", "warn")
+            .env("CRYPTVOL_METRICS_ADDRESS", "127.0.0.1:0")
             .spawn()
             .unwrap()
     };

@@ -13,6 +13,7 @@ pub mod fs;
 pub mod header;
 pub mod keys;
 pub mod kms;
+pub mod metrics;
 pub mod plugin;
 pub mod rotation;
 pub mod server;

@@ -42,6 +42,8 @@ impl NodeProcess {
         if let Some(state) = state {
             cmd.arg("--state-dir").arg(state);
         }
+        // An ephemeral metrics port: other plugin processes on the machine may hold the default.
+        cmd.env("CRYPTVOL_METRICS_ADDRESS", "127.0.0.1:0");
         let child = cmd.env("CRYPTVOL_LOG_LEVEL", "info").spawn().unwrap();
         (NodeProcess(child), sock)
     }

@@ -143,10 +143,11 @@ ports:
   - name: healthz
     containerPort: {{ .Values.healthPort }}
     protocol: TCP
-  # Reserved: the plugins do not serve metrics yet.
+  {{- if .Values.metrics.enabled }}
   - name: metrics
     containerPort: {{ .Values.metrics.port }}
     protocol: TCP
+  {{- end }}
 livenessProbe:
   httpGet:
     path: /healthz
@@ -167,4 +168,19 @@ livenessProbe:
 {{- if not (has .Values.node.updateStrategy.type (list "OnDelete" "RollingUpdate")) -}}
 {{- fail (printf "node.updateStrategy.type must be OnDelete or RollingUpdate, not %q" .Values.node.updateStrategy.type) -}}
 {{- end -}}
+{{- end -}}
+
+{{/* Where the plugin serves /metrics (empty: nowhere). */}}
+{{- define "cryptvol.metricsEnv" -}}
+- name: CRYPTVOL_METRICS_ADDRESS
+  value: {{ if .Values.metrics.enabled }}{{ printf "0.0.0.0:%d" (int .Values.metrics.port) | quote }}{{ else }}""{{ end }}
+{{- end -}}
+
+{{/* Scrape annotations of a plugin pod. */}}
+{{- define "cryptvol.metricsAnnotations" -}}
+{{- if and .Values.metrics.enabled .Values.metrics.podAnnotations }}
+prometheus.io/scrape: "true"
+prometheus.io/port: {{ .Values.metrics.port | quote }}
+prometheus.io/path: /metrics
+{{- end }}
 {{- end -}}

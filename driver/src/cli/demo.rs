@@ -15,7 +15,7 @@ use tonic::transport::Server;
 
 use crate::csi::controller::ControllerService;
 use crate::csi::identity::IdentityService;
-use crate::csi::node::NodeService;
+use crate::csi::node::{KeyCheck, NodeService};
 use crate::kms::config::{KmsConfig, KmsRegistry};
 use crate::kms::local::KeyFile;
 use crate::server;
@@ -82,7 +82,10 @@ pub async fn run(dir: &Path, kms_config: Option<PathBuf>, key: Option<String>) -
     let node_sock = dir.join("node.sock");
     let controller_listener = server::listen(&controller_sock)?;
     let node_listener = server::listen(&node_sock)?;
-    let node = NodeService::new("demo-node", store.clone(), kms.clone());
+    // Keys are checked every 5 s, so `cryptvol keys disable` locks the demo volume quickly.
+    let key_check = KeyCheck { interval: std::time::Duration::from_secs(5), ..KeyCheck::default() };
+    let node = NodeService::new("demo-node", store.clone(), kms.clone()).with_key_check(key_check);
+    let key_checks = node.start_key_checks();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -158,6 +161,7 @@ pub async fn run(dir: &Path, kms_config: Option<PathBuf>, key: Option<String>) -
     println!("Press Ctrl-C (or send SIGTERM) to unpublish, unstage and exit.");
 
     server::shutdown_signal().await;
+    key_checks.abort();
     let unpublished = node_client
         .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
             volume_id: volume.volume_id.clone(),

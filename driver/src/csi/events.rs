@@ -1,4 +1,5 @@
-//! Kubernetes Events about volumes the node plugin cannot serve, on their PersistentVolume.
+//! Kubernetes Events about volumes on this node (not served, locked, unlocked), on their
+//! PersistentVolume.
 //!
 //! Outside a cluster (tests, the demo) there is no API server and events are only logged.
 
@@ -43,8 +44,28 @@ impl VolumeEvents {
 
     /// Raises a Warning on the volume's PersistentVolume: the node could not serve it.
     pub async fn volume_not_served(&self, volume_id: &str, reason: &str) {
+        let note = format!("cryptvol-node cannot serve volume {volume_id}: {reason}");
+        self.publish(volume_id, EventType::Warning, "VolumeNotServed", "ServeAgain", note).await;
+    }
+
+    /// Raises a Warning: the volume is locked on this node because of `cause` (`reason` is the
+    /// KMS answer).
+    pub async fn volume_locked(&self, volume_id: &str, cause: &str, errno: &str, reason: &str) {
+        let note = format!(
+            "cryptvol-node locked volume {volume_id} ({cause}): every file operation fails with \
+             {errno} until the key can be used again: {reason}"
+        );
+        self.publish(volume_id, EventType::Warning, "VolumeLocked", "CheckKey", note).await;
+    }
+
+    /// Raises a Normal event: the key is usable again and the volume is served again.
+    pub async fn volume_unlocked(&self, volume_id: &str) {
+        let note = format!("cryptvol-node unlocked volume {volume_id}: the KMS unwraps its key again");
+        self.publish(volume_id, EventType::Normal, "VolumeUnlocked", "CheckKey", note).await;
+    }
+
+    async fn publish(&self, volume_id: &str, type_: EventType, reason: &str, action: &str, mut note: String) {
         let Some(recorder) = &self.recorder else { return };
-        let mut note = format!("cryptvol-node cannot serve volume {volume_id}: {reason}");
         if note.len() > MAX_NOTE {
             let mut end = MAX_NOTE;
             while !note.is_char_boundary(end) {
@@ -52,13 +73,8 @@ impl VolumeEvents {
             }
             note.truncate(end);
         }
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "VolumeNotServed".into(),
-            note: Some(note),
-            action: "ServeAgain".into(),
-            secondary: None,
-        };
+        let event =
+            Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
         let reference = ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("PersistentVolume".into()),

@@ -1,6 +1,8 @@
 //! The CSI Node service: unwraps a volume's data key, serves the volume through the FUSE layer at the
 //! staging path, and bind-mounts that view into pods.
 
+mod revocation;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +20,8 @@ use crate::header::{VolumeHeader, VolumeState};
 use crate::kms::config::KmsRegistry;
 use crate::kms::Secrets;
 use crate::volume::BackingStore;
+pub use revocation::KeyCheck;
+use revocation::{publish_gauges, KeyWatch};
 
 /// A volume this process serves.
 #[derive(Debug)]
@@ -25,6 +29,7 @@ struct Staged {
     staging_path: PathBuf,
     mount: Mount,
     read_only: bool,
+    watch: KeyWatch,
 }
 
 /// The Node service.
@@ -38,6 +43,7 @@ pub struct NodeService {
     fuse_threads: usize,
     state: NodeState,
     events: VolumeEvents,
+    key_check: KeyCheck,
 }
 
 /// A NodeStageVolume request, checked.
@@ -95,7 +101,15 @@ impl NodeService {
             fuse_threads: 4,
             state: NodeState::default(),
             events: VolumeEvents::default(),
+            key_check: KeyCheck::default(),
         }
+    }
+
+    /// Sets how often staged volumes' keys are checked and the grace of an unreachable KMS; the
+    /// checks run once [`NodeService::start_key_checks`] is called.
+    pub fn with_key_check(mut self, key_check: KeyCheck) -> Self {
+        self.key_check = key_check;
+        self
     }
 
     /// Raises Kubernetes Events for volumes the node cannot serve again.
@@ -158,6 +172,7 @@ impl NodeService {
         let keys = Arc::new(data_key.derive());
         drop(data_key);
 
+        let watch = KeyWatch::new(req.secrets.clone(), header.clone());
         let store = self.store.clone();
         let staging = req.staging_path.clone();
         let options = MountOptions {
@@ -190,17 +205,24 @@ impl NodeService {
         if let Err(e) = self.state.save(&record) {
             tracing::warn!(error = %e, "cannot record the staged volume; a restart will not heal it");
         }
-        self.staged.lock().await.insert(
+        let mut staged = self.staged.lock().await;
+        staged.insert(
             req.volume_id,
-            Staged { staging_path: req.staging_path, mount: mounted, read_only: req.read_only },
+            Staged { staging_path: req.staging_path, mount: mounted, read_only: req.read_only, watch },
         );
+        publish_gauges(&staged);
         Ok(())
     }
 
     /// Stops serving a volume; its keys are zeroized when the FUSE session ends.
     pub async fn unstage(&self, volume_id: &str, staging_path: &Path) -> Result<(), Status> {
         let _guard = self.in_flight.claim(volume_id)?;
-        let staged = self.staged.lock().await.remove(volume_id);
+        let staged = {
+            let mut all = self.staged.lock().await;
+            let removed = all.remove(volume_id);
+            publish_gauges(&all);
+            removed
+        };
         let path = staging_path.to_path_buf();
         tokio::task::spawn_blocking(move || -> Result<(), Status> {
             if let Some(staged) = staged {
@@ -428,7 +450,11 @@ fn seal_or_verify(
     header: VolumeHeader,
     keys: &crate::keys::VolumeKeys,
 ) -> Result<(), Status> {
-    if header.verify_seal(keys).map_err(|e| super::header_status(&e))? {
+    let verified = header.verify_seal(keys).map_err(|e| {
+        crate::metrics::get().auth_failure(crate::metrics::AuthFailure::HeaderSeal);
+        super::header_status(&e)
+    })?;
+    if verified {
         return Ok(());
     }
     // An unsealed header on a volume that already holds files means the seal was stripped.

@@ -101,6 +101,7 @@ impl<'a> Content<'a> {
                 .decrypt_block(i, i + 1 == blocks, chunk, &mut plain)
                 .map_err(|_| FsError::BlockAuthentication { ino: self.ino, block: i })?;
         }
+        crate::metrics::get().decrypted(plain.len());
         let skip = (offset - first * BLOCK) as usize;
         let take = (end - offset) as usize;
         plain.drain(..skip);
@@ -235,6 +236,7 @@ impl<'a> Content<'a> {
         cipher
             .decrypt_block(index, index + 1 == block_count(size), &sealed, &mut plain)
             .map_err(|_| FsError::BlockAuthentication { ino: self.ino, block: index })?;
+        crate::metrics::get().decrypted(plain.len());
         Ok(plain)
     }
 }
@@ -254,7 +256,9 @@ fn seal(
     plain: &[u8],
     out: &mut Vec<u8>,
 ) -> Result<(), FsError> {
-    cipher.encrypt_block(index, last, plain, out).map_err(|_| FsError::Random)
+    cipher.encrypt_block(index, last, plain, out).map_err(|_| FsError::Random)?;
+    crate::metrics::get().encrypted(plain.len());
+    Ok(())
 }
 
 #[cfg(test)]

@@ -89,7 +89,8 @@ pub enum FsError {
     /// Device nodes are refused: the backing store must never hold them.
     #[error("device nodes are not supported")]
     DeviceNode,
-    /// The volume's keys were dropped (unmount in progress or key revoked).
+    /// The volume's keys were dropped by an unmount in progress. (A volume locked because its
+    /// key was revoked answers with the lock's errno before reaching any operation.)
     #[error("the volume is locked: its keys were dropped")]
     Locked,
     /// The system random number generator failed.
@@ -138,17 +139,15 @@ impl FsError {
         }
     }
 
-    /// True for failures that mean the backing store was altered or read with the wrong key:
-    /// these are logged at error level, with the volume, the file and the block.
-    pub fn is_integrity_failure(&self) -> bool {
+    /// What failed authentication, for the metrics; `None` for anything but integrity failures.
+    pub fn integrity_kind(&self) -> Option<crate::metrics::AuthFailure> {
+        use crate::metrics::AuthFailure;
         match self {
-            FsError::BlockAuthentication { .. }
-            | FsError::FileHeader { .. }
-            | FsError::FileLayout { .. }
-            | FsError::Name { .. }
-            | FsError::LongName { .. }
-            | FsError::DirId { .. }
-            | FsError::SymlinkTarget { .. } => true,
+            FsError::BlockAuthentication { .. } => Some(AuthFailure::Block),
+            FsError::FileHeader { .. } | FsError::FileLayout { .. } => Some(AuthFailure::FileHeader),
+            FsError::Name { .. } | FsError::LongName { .. } => Some(AuthFailure::Name),
+            FsError::DirId { .. } => Some(AuthFailure::DirId),
+            FsError::SymlinkTarget { .. } => Some(AuthFailure::Symlink),
             FsError::Backing { .. }
             | FsError::NameTooLong
             | FsError::InvalidName
@@ -162,8 +161,14 @@ impl FsError {
             | FsError::Random
             | FsError::Io(_)
             | FsError::NotAVolumeRoot(_)
-            | FsError::Mount { .. } => false,
+            | FsError::Mount { .. } => None,
         }
+    }
+
+    /// True for failures that mean the backing store was altered or read with the wrong key:
+    /// these are logged at error level, with the volume, the file and the block.
+    pub fn is_integrity_failure(&self) -> bool {
+        self.integrity_kind().is_some()
     }
 }
 

@@ -16,6 +16,7 @@ use fuser::{
 
 use super::error::FsError;
 use super::ops::{Caller, CryptFs, SetAttr};
+use crate::metrics::FuseOp;
 
 /// How long the kernel may cache attributes and entries. All changes go through this mount, so
 /// the kernel's own bookkeeping keeps the cache right; the timeout bounds staleness when the
@@ -24,6 +25,17 @@ const TTL: Duration = Duration::from_secs(1);
 
 /// Largest read or write request the kernel is asked to send.
 const MAX_REQUEST: u32 = 1 << 20;
+
+/// Opens a callback: counts the operation, enters its span, or answers the lock's errno and
+/// returns while the volume is locked.
+macro_rules! begin {
+    ($self:ident, $op:ident, $ino:expr, $reply:ident) => {
+        match $self.begin(FuseOp::$op, $ino) {
+            Ok(span) => span,
+            Err(errno) => return $reply.error(errno),
+        }
+    };
+}
 
 /// Serves one [`CryptFs`] to the kernel.
 #[derive(Debug)]
@@ -36,13 +48,29 @@ impl FuseAdapter {
         FuseAdapter { fs }
     }
 
-    fn span(&self, op: &'static str, ino: INodeNo) -> tracing::span::EnteredSpan {
-        tracing::debug_span!("fuse", op, volume_id = %self.fs.volume_id(), ino = ino.0).entered()
+    /// Counts operation `op`, opens its span, and refuses it with the lock's errno while the
+    /// volume is locked (a revoked key): nothing of the volume is served until it is unlocked.
+    fn begin(&self, op: FuseOp, ino: INodeNo) -> Result<tracing::span::EnteredSpan, Errno> {
+        let metrics = crate::metrics::get();
+        metrics.fuse_op(op);
+        if let Some(cause) = self.fs.lock_cause() {
+            metrics.fuse_error(op, cause.errno());
+            return Err(Errno::from_i32(cause.errno()));
+        }
+        let op = op.as_str();
+        Ok(tracing::debug_span!("fuse", op, volume_id = %self.fs.volume_id(), ino = ino.0).entered())
     }
 
-    /// Logs a failure and returns the errno to reply with.
-    fn fail(&self, op: &'static str, ino: INodeNo, err: FsError) -> Errno {
+    /// Logs a failure, counts it, and returns the errno to reply with.
+    fn fail(&self, op: FuseOp, ino: INodeNo, err: FsError) -> Errno {
         let volume_id = self.fs.volume_id();
+        let metrics = crate::metrics::get();
+        let errno = err.errno() as i32;
+        metrics.fuse_error(op, errno);
+        if let Some(kind) = err.integrity_kind() {
+            metrics.auth_failure(kind);
+        }
+        let op = op.as_str();
         if let FsError::BlockAuthentication { ino: file, block } = err {
             tracing::error!(volume_id, file, block, op, "content block failed authentication");
         } else if err.is_integrity_failure() {
@@ -50,12 +78,18 @@ impl FuseAdapter {
         } else {
             tracing::debug!(volume_id, ino = ino.0, op, error = %err, "operation failed");
         }
-        Errno::from_i32(err.errno() as i32)
+        Errno::from_i32(errno)
+    }
+
+    /// An error reply decided here rather than by [`CryptFs`]; counted like the others.
+    fn refuse(&self, op: FuseOp, errno: Errno) -> Errno {
+        crate::metrics::get().fuse_error(op, errno.code());
+        errno
     }
 
     fn reply_entry(
         &self,
-        op: &'static str,
+        op: FuseOp,
         ino: INodeNo,
         result: Result<fuser::FileAttr, FsError>,
         reply: ReplyEntry,
@@ -66,7 +100,7 @@ impl FuseAdapter {
         }
     }
 
-    fn reply_empty(&self, op: &'static str, ino: INodeNo, result: Result<(), FsError>, reply: ReplyEmpty) {
+    fn reply_empty(&self, op: FuseOp, ino: INodeNo, result: Result<(), FsError>, reply: ReplyEmpty) {
         match result {
             Ok(()) => reply.ok(),
             Err(err) => reply.error(self.fail(op, ino, err)),
@@ -103,23 +137,25 @@ impl Filesystem for FuseAdapter {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _span = self.span("lookup", parent);
+        let _span = begin!(self, Lookup, parent, reply);
         let result = self.fs.lookup(parent.0, name);
         if let Err(FsError::Backing { errno: nix::errno::Errno::ENOENT, .. }) = result {
-            return reply.error(Errno::ENOENT);
+            return reply.error(self.refuse(FuseOp::Lookup, Errno::ENOENT));
         }
-        self.reply_entry("lookup", parent, result, reply);
+        self.reply_entry(FuseOp::Lookup, parent, result, reply);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        // Housekeeping: served even while the volume is locked, so the kernel can let go.
+        crate::metrics::get().fuse_op(FuseOp::Forget);
         self.fs.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _span = self.span("getattr", ino);
+        let _span = begin!(self, Getattr, ino, reply);
         match self.fs.getattr(ino.0) {
             Ok(attr) => reply.attr(&TTL, &attr),
-            Err(err) => reply.error(self.fail("getattr", ino, err)),
+            Err(err) => reply.error(self.fail(FuseOp::Getattr, ino, err)),
         }
     }
 
@@ -141,19 +177,19 @@ impl Filesystem for FuseAdapter {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        let _span = self.span("setattr", ino);
+        let _span = begin!(self, Setattr, ino, reply);
         let set = SetAttr { mode, uid, gid, size, atime, mtime, fh: fh.map(|fh| fh.0) };
         match self.fs.setattr(ino.0, set) {
             Ok(attr) => reply.attr(&TTL, &attr),
-            Err(err) => reply.error(self.fail("setattr", ino, err)),
+            Err(err) => reply.error(self.fail(FuseOp::Setattr, ino, err)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        let _span = self.span("readlink", ino);
+        let _span = begin!(self, Readlink, ino, reply);
         match self.fs.readlink(ino.0) {
             Ok(target) => reply.data(&target),
-            Err(err) => reply.error(self.fail("readlink", ino, err)),
+            Err(err) => reply.error(self.fail(FuseOp::Readlink, ino, err)),
         }
     }
 
@@ -167,28 +203,33 @@ impl Filesystem for FuseAdapter {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        let _span = self.span("mknod", parent);
-        self.reply_entry("mknod", parent, self.fs.mknod(parent.0, name, mode, caller(req)), reply);
+        let _span = begin!(self, Mknod, parent, reply);
+        self.reply_entry(FuseOp::Mknod, parent, self.fs.mknod(parent.0, name, mode, caller(req)), reply);
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
-        let _span = self.span("mkdir", parent);
-        self.reply_entry("mkdir", parent, self.fs.mkdir(parent.0, name, mode, caller(req)), reply);
+        let _span = begin!(self, Mkdir, parent, reply);
+        self.reply_entry(FuseOp::Mkdir, parent, self.fs.mkdir(parent.0, name, mode, caller(req)), reply);
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _span = self.span("unlink", parent);
-        self.reply_empty("unlink", parent, self.fs.unlink(parent.0, name), reply);
+        let _span = begin!(self, Unlink, parent, reply);
+        self.reply_empty(FuseOp::Unlink, parent, self.fs.unlink(parent.0, name), reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let _span = self.span("rmdir", parent);
-        self.reply_empty("rmdir", parent, self.fs.rmdir(parent.0, name), reply);
+        let _span = begin!(self, Rmdir, parent, reply);
+        self.reply_empty(FuseOp::Rmdir, parent, self.fs.rmdir(parent.0, name), reply);
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let _span = self.span("symlink", parent);
-        self.reply_entry("symlink", parent, self.fs.symlink(parent.0, link_name, target, caller(req)), reply);
+        let _span = begin!(self, Symlink, parent, reply);
+        self.reply_entry(
+            FuseOp::Symlink,
+            parent,
+            self.fs.symlink(parent.0, link_name, target, caller(req)),
+            reply,
+        );
     }
 
     fn rename(
@@ -201,21 +242,21 @@ impl Filesystem for FuseAdapter {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let _span = self.span("rename", parent);
+        let _span = begin!(self, Rename, parent, reply);
         let result = self.fs.rename(parent.0, name, newparent.0, newname, flags.bits());
-        self.reply_empty("rename", parent, result, reply);
+        self.reply_empty(FuseOp::Rename, parent, result, reply);
     }
 
     fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        let _span = self.span("link", ino);
-        self.reply_entry("link", ino, self.fs.link(ino.0, newparent.0, newname), reply);
+        let _span = begin!(self, Link, ino, reply);
+        self.reply_entry(FuseOp::Link, ino, self.fs.link(ino.0, newparent.0, newname), reply);
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _span = self.span("open", ino);
+        let _span = begin!(self, Open, ino, reply);
         match self.fs.open(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), fopen_flags(flags.0)),
-            Err(err) => reply.error(self.fail("open", ino, err)),
+            Err(err) => reply.error(self.fail(FuseOp::Open, ino, err)),
         }
     }
 
@@ -230,10 +271,10 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let _span = self.span("read", ino);
+        let _span = begin!(self, Read, ino, reply);
         match self.fs.read(fh.0, offset, size) {
             Ok(data) => reply.data(&data),
-            Err(err) => reply.error(self.fail("read", ino, err)),
+            Err(err) => reply.error(self.fail(FuseOp::Read, ino, err)),
         }
     }
 
@@ -249,17 +290,17 @@ impl Filesystem for FuseAdapter {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let _span = self.span("write", ino);
+        let _span = begin!(self, Write, ino, reply);
         let append = flags.0 & libc::O_APPEND != 0;
         match self.fs.write(fh.0, offset, data, append) {
             Ok(written) => reply.written(written),
-            Err(err) => reply.error(self.fail("write", ino, err)),
+            Err(err) => reply.error(self.fail(FuseOp::Write, ino, err)),
         }
     }
 
     fn flush(&self, _req: &Request, ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        let _span = self.span("flush", ino);
-        self.reply_empty("flush", ino, self.fs.flush(fh.0), reply);
+        let _span = begin!(self, Flush, ino, reply);
+        self.reply_empty(FuseOp::Flush, ino, self.fs.flush(fh.0), reply);
     }
 
     fn release(
@@ -272,28 +313,30 @@ impl Filesystem for FuseAdapter {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        // Housekeeping: served even while the volume is locked.
+        crate::metrics::get().fuse_op(FuseOp::Release);
         self.fs.release(fh.0);
         reply.ok();
     }
 
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
-        let _span = self.span("fsync", ino);
-        self.reply_empty("fsync", ino, self.fs.fsync(fh.0, datasync), reply);
+        let _span = begin!(self, Fsync, ino, reply);
+        self.reply_empty(FuseOp::Fsync, ino, self.fs.fsync(fh.0, datasync), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let _span = self.span("opendir", ino);
+        let _span = begin!(self, Opendir, ino, reply);
         match self.fs.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(err) => reply.error(self.fail("opendir", ino, err)),
+            Err(err) => reply.error(self.fail(FuseOp::Opendir, ino, err)),
         }
     }
 
     fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let _span = self.span("readdir", ino);
+        let _span = begin!(self, Readdir, ino, reply);
         let (entries, start) = match self.fs.readdir(fh.0, offset) {
             Ok(listing) => listing,
-            Err(err) => return reply.error(self.fail("readdir", ino, err)),
+            Err(err) => return reply.error(self.fail(FuseOp::Readdir, ino, err)),
         };
         for (index, entry) in entries.iter().enumerate().skip(start) {
             // The offset of an entry is the position of the next one.
@@ -312,17 +355,19 @@ impl Filesystem for FuseAdapter {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        // Housekeeping: served even while the volume is locked.
+        crate::metrics::get().fuse_op(FuseOp::Release);
         self.fs.release(fh.0);
         reply.ok();
     }
 
     fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let _span = self.span("fsyncdir", ino);
-        self.reply_empty("fsyncdir", ino, self.fs.fsyncdir(ino.0), reply);
+        let _span = begin!(self, Fsyncdir, ino, reply);
+        self.reply_empty(FuseOp::Fsyncdir, ino, self.fs.fsyncdir(ino.0), reply);
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        let _span = self.span("statfs", ino);
+        let _span = begin!(self, Statfs, ino, reply);
         match self.fs.statfs() {
             Ok(st) => reply.statfs(
                 st.blocks(),
@@ -334,7 +379,7 @@ impl Filesystem for FuseAdapter {
                 crate::cipher::names::MAX_NAME_LEN as u32,
                 st.fragment_size() as u32,
             ),
-            Err(err) => reply.error(self.fail("statfs", ino, err)),
+            Err(err) => reply.error(self.fail(FuseOp::Statfs, ino, err)),
         }
     }
 
@@ -343,29 +388,33 @@ impl Filesystem for FuseAdapter {
     // `security.capability` check the kernel makes before writes costs no round trip after the
     // first one. fuser's default answers the same but logs a warning for each call.
 
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        let _span = begin!(self, Getxattr, ino, reply);
+        reply.error(self.refuse(FuseOp::Getxattr, Errno::ENOSYS));
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        let _span = begin!(self, Listxattr, ino, reply);
+        reply.error(self.refuse(FuseOp::Listxattr, Errno::ENOSYS));
     }
 
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         _name: &OsStr,
         _value: &[u8],
         _flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::ENOSYS);
+        let _span = begin!(self, Setxattr, ino, reply);
+        reply.error(self.refuse(FuseOp::Setxattr, Errno::ENOSYS));
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS);
+    fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        let _span = begin!(self, Removexattr, ino, reply);
+        reply.error(self.refuse(FuseOp::Removexattr, Errno::ENOSYS));
     }
 
     fn create(
@@ -378,10 +427,10 @@ impl Filesystem for FuseAdapter {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let _span = self.span("create", parent);
+        let _span = begin!(self, Create, parent, reply);
         match self.fs.create(parent.0, name, mode, caller(req)) {
             Ok((attr, fh)) => reply.created(&TTL, &attr, Generation(0), FileHandle(fh), fopen_flags(flags)),
-            Err(err) => reply.error(self.fail("create", parent, err)),
+            Err(err) => reply.error(self.fail(FuseOp::Create, parent, err)),
         }
     }
 }

@@ -181,6 +181,11 @@ impl InodeTable {
         }
     }
 
+    /// Every node id in the table.
+    pub(crate) fn ids(&self) -> Vec<u64> {
+        self.map.lock().keys().copied().collect()
+    }
+
     /// Drops every cached per-file cipher (their keys are zeroized on drop).
     pub(crate) fn forget_ciphers(&self) {
         for entry in self.map.lock().values() {

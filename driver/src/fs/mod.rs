@@ -45,6 +45,60 @@ impl Default for MountOptions {
     }
 }
 
+/// Why a volume is locked. Until it is unlocked, every request on the mount is answered with the
+/// cause's errno (see `docs/SEMANTICS.md`), and the volume's keys are gone from memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockCause {
+    /// The KMS refuses the key: disabled, pending deletion, deleted, or the wrap refused.
+    KeyRevoked,
+    /// The KMS denies this node the key, or does not accept its credentials.
+    AccessDenied,
+    /// The KMS could not be reached for longer than the grace period.
+    KmsUnreachable,
+}
+
+impl LockCause {
+    /// The errno every request gets: `EKEYREVOKED`, except `EACCES` for access denied.
+    pub fn errno(self) -> i32 {
+        match self {
+            LockCause::KeyRevoked | LockCause::KmsUnreachable => libc::EKEYREVOKED,
+            LockCause::AccessDenied => libc::EACCES,
+        }
+    }
+
+    /// The name used in logs, Events and the `cause` label of the metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockCause::KeyRevoked => "key_revoked",
+            LockCause::AccessDenied => "access_denied",
+            LockCause::KmsUnreachable => "kms_unreachable",
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            LockCause::KeyRevoked => 1,
+            LockCause::AccessDenied => 2,
+            LockCause::KmsUnreachable => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(LockCause::KeyRevoked),
+            2 => Some(LockCause::AccessDenied),
+            3 => Some(LockCause::KmsUnreachable),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for LockCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Prepares an empty backing directory as an encrypted volume root by writing the root directory
 /// id. Idempotent: a directory that already holds a valid root id is left as it is, and a damaged
 /// one is reported ([`FsError::DirId`]), never replaced. Files whose names start with `.` (such as
@@ -136,6 +190,27 @@ impl Mount {
         self.shutdown()
     }
 
+    /// Locks the volume without unmounting it; see [`MountLock::lock`].
+    pub fn lock(&self, cause: LockCause) {
+        self.locker().lock(cause);
+    }
+
+    /// Serves a locked volume again; see [`MountLock::unlock`].
+    pub fn unlock(&self, keys: Arc<VolumeKeys>) {
+        self.locker().unlock(keys);
+    }
+
+    /// The lock in force, if any.
+    pub fn lock_cause(&self) -> Option<LockCause> {
+        self.fs.lock_cause()
+    }
+
+    /// A handle that locks and unlocks this mount from another thread (it does not keep the
+    /// mount alive: once unmounted, locking it does nothing useful).
+    pub fn locker(&self) -> MountLock {
+        MountLock { fs: Arc::clone(&self.fs), notifier: self.session.as_ref().map(|s| s.notifier()) }
+    }
+
     fn shutdown(&mut self) -> Result<(), FsError> {
         let Some(session) = self.session.take() else {
             return Ok(());
@@ -169,6 +244,47 @@ impl Mount {
             Ok(()) | Err(nix::errno::Errno::EINVAL) => Ok(()),
             Err(errno) => Err(mount_error(&self.mountpoint, std::io::Error::from(errno))),
         }
+    }
+}
+
+/// Locks and unlocks one mount (see [`Mount::locker`]).
+#[derive(Clone)]
+pub struct MountLock {
+    fs: Arc<CryptFs>,
+    notifier: Option<fuser::Notifier>,
+}
+
+impl MountLock {
+    /// Locks the volume without unmounting it: its keys are dropped at once, the kernel's cached
+    /// pages and attributes of the volume are invalidated, and every request (on open handles
+    /// too) is answered with `cause`'s errno until [`MountLock::unlock`]. Releasing handles and
+    /// forgetting inodes still work. It writes to the FUSE device and may wait on the kernel:
+    /// call it from a blocking thread, never from a FUSE callback.
+    pub fn lock(&self, cause: LockCause) {
+        self.fs.lock(cause);
+        let Some(notifier) = &self.notifier else { return };
+        for ino in self.fs.known_inodes() {
+            // Pages cached before the lock would otherwise stay readable. An inode the kernel has
+            // just forgotten answers ENOENT, which is fine.
+            let _ = notifier.inval_inode(fuser::INodeNo(ino), 0, 0);
+        }
+    }
+
+    /// Serves the volume again with `keys`, which must derive from the volume's data key (the
+    /// caller checks them against the header seal).
+    pub fn unlock(&self, keys: Arc<VolumeKeys>) {
+        self.fs.unlock(keys);
+    }
+
+    /// The lock in force, if any.
+    pub fn lock_cause(&self) -> Option<LockCause> {
+        self.fs.lock_cause()
+    }
+}
+
+impl std::fmt::Debug for MountLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountLock").field("volume_id", &self.fs.volume_id()).finish_non_exhaustive()
     }
 }
 

@@ -124,6 +124,15 @@ impl KmsRegistry {
         Ok(KmsRegistry { default: config.default, clients, local_files })
     }
 
+    /// A registry of ready-made clients (a test double, a provider built in code); the first
+    /// client is the default connection. `None` when `clients` is empty.
+    pub fn from_clients(clients: impl IntoIterator<Item = KmsClient>) -> Option<Self> {
+        let clients: Vec<KmsClient> = clients.into_iter().collect();
+        let default = clients.first()?.connection().to_string();
+        let clients = clients.into_iter().map(|c| (c.connection().to_string(), c)).collect();
+        Some(KmsRegistry { default, clients, local_files: Vec::new() })
+    }
+
     /// The client for a connection name, or the default connection for `None`.
     pub fn client(&self, name: Option<&str>) -> Result<&KmsClient, KmsError> {
         let name = name.unwrap_or(&self.default);

@@ -206,6 +206,27 @@ pub enum KmsError {
     UnexpectedAnswer { action: KmsAction, key: String, detail: String },
 }
 
+impl KmsError {
+    /// A short name of the failure, the `outcome` label of the KMS call metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            KmsError::KeyNotFound { .. } => "key_not_found",
+            KmsError::InvalidKeyId { .. } => "invalid_key_id",
+            KmsError::AccessDenied { .. } => "access_denied",
+            KmsError::KeyNotEnabled { .. } => "key_not_enabled",
+            KmsError::UnsuitableKey { .. } => "unsuitable_key",
+            KmsError::InvalidCiphertext { .. } => "invalid_ciphertext",
+            KmsError::Unavailable { .. } => "unavailable",
+            KmsError::UnknownConnection { .. } => "unknown_connection",
+            KmsError::KeyFile { .. } => "key_file",
+            KmsError::KeyExists { .. } => "key_exists",
+            KmsError::Unauthenticated { .. } => "unauthenticated",
+            KmsError::InvalidSecrets { .. } => "invalid_secrets",
+            KmsError::UnexpectedAnswer { .. } => "unexpected_answer",
+        }
+    }
+}
+
 /// A key management service that wraps and unwraps volume data keys.
 #[async_trait]
 pub trait KmsProvider: Send + Sync + fmt::Debug {
@@ -358,7 +379,10 @@ pub(crate) fn audit_record(
     started: Instant,
     error: Option<&KmsError>,
 ) {
-    let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let seconds = started.elapsed().as_secs_f64();
+    let outcome = error.map_or("success", KmsError::outcome);
+    crate::metrics::get().kms_call(action.as_str(), outcome, seconds);
+    let latency_ms = seconds * 1000.0;
     match error {
         None => tracing::info!(
             target: AUDIT_TARGET,

@@ -11,7 +11,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -34,6 +34,7 @@ use super::dir;
 use super::error::{BackingResult, FsError};
 use super::inode::{kind_of, Inode, InodeTable, ROOT};
 use super::sys;
+use super::LockCause;
 
 /// Who asks for a new file, directory or link: it will own it.
 #[derive(Debug, Clone, Copy)]
@@ -85,6 +86,8 @@ pub(crate) struct CryptFs {
     volume_id: String,
     read_only: bool,
     keys: RwLock<Option<Arc<VolumeKeys>>>,
+    /// [`LockCause::code`] of the lock in force, 0 when the volume is not locked.
+    lock: AtomicU8,
     inodes: InodeTable,
     handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
@@ -118,6 +121,7 @@ impl CryptFs {
             volume_id,
             read_only,
             keys: RwLock::new(Some(keys)),
+            lock: AtomicU8::new(0),
             inodes: InodeTable::new(root, &st, dir_id),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
@@ -134,6 +138,30 @@ impl CryptFs {
     pub(crate) fn drop_keys(&self) {
         self.keys.write().take();
         self.inodes.forget_ciphers();
+    }
+
+    /// Locks the volume: every later request is answered with `cause`'s errno, and the keys are
+    /// dropped. The lock is in force before the keys go, so no request sees [`FsError::Locked`].
+    pub(crate) fn lock(&self, cause: LockCause) {
+        self.lock.store(cause.code(), Ordering::SeqCst);
+        self.drop_keys();
+    }
+
+    /// Serves the volume again with `keys` (the same data key, unwrapped again).
+    pub(crate) fn unlock(&self, keys: Arc<VolumeKeys>) {
+        *self.keys.write() = Some(keys);
+        self.lock.store(0, Ordering::SeqCst);
+    }
+
+    /// The lock in force, if any.
+    #[inline]
+    pub(crate) fn lock_cause(&self) -> Option<LockCause> {
+        LockCause::from_code(self.lock.load(Ordering::Relaxed))
+    }
+
+    /// The node ids the kernel currently knows (the root included).
+    pub(crate) fn known_inodes(&self) -> Vec<u64> {
+        self.inodes.ids()
     }
 
     fn keys(&self) -> Result<Arc<VolumeKeys>, FsError> {
