@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use super::error::FsError;
@@ -81,6 +82,17 @@ fn fopen_flags(open_flags: i32) -> FopenFlags {
         FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
     } else {
         FopenFlags::empty()
+    }
+}
+
+/// Answers a size query (`size` 0) with the length, else the data, or ERANGE when it does not fit.
+fn reply_xattr(data: Vec<u8>, size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(&data);
     }
 }
 
@@ -276,6 +288,56 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let _span = self.span("fallocate", ino);
+        self.reply_empty("fallocate", ino, self.fs.fallocate(fh.0, offset, length, mode), reply);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let _span = self.span("lseek", ino);
+        match self.fs.seek_data(fh.0, offset, whence) {
+            Ok(found) => reply.offset(found),
+            Err(err) => reply.error(self.fail("lseek", ino, err)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let _span = self.span("copy_file_range", ino_in);
+        match self.fs.copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len) {
+            Ok(copied) => reply.written(copied),
+            Err(err) => reply.error(self.fail("copy_file_range", ino_in, err)),
+        }
+    }
+
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         let _span = self.span("fsync", ino);
         self.reply_empty("fsync", ino, self.fs.fsync(fh.0, datasync), reply);
@@ -325,47 +387,54 @@ impl Filesystem for FuseAdapter {
         let _span = self.span("statfs", ino);
         match self.fs.statfs() {
             Ok(st) => reply.statfs(
-                st.blocks(),
-                st.blocks_free(),
-                st.blocks_available(),
-                st.files(),
-                st.files_free(),
-                st.block_size() as u32,
+                st.blocks,
+                st.blocks_free,
+                st.blocks_available,
+                st.files,
+                st.files_free,
+                st.block_size,
                 crate::cipher::names::MAX_NAME_LEN as u32,
-                st.fragment_size() as u32,
+                st.block_size,
             ),
             Err(err) => reply.error(self.fail("statfs", ino, err)),
         }
     }
 
-    // Extended attributes are not supported (docs/SEMANTICS.md). ENOSYS, unlike EOPNOTSUPP,
-    // tells the kernel to stop asking for the whole mount and answer EOPNOTSUPP itself, so the
-    // `security.capability` check the kernel makes before writes costs no round trip after the
-    // first one. fuser's default answers the same but logs a warning for each call.
-
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        let _span = self.span("getxattr", ino);
+        match self.fs.getxattr(ino.0, name) {
+            Ok(value) => reply_xattr(value, size, reply),
+            // The common answer (the kernel asks for `security.capability` before writes): no log.
+            Err(FsError::NoAttribute) => reply.error(Errno::NO_XATTR),
+            Err(err) => reply.error(self.fail("getxattr", ino, err)),
+        }
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        let _span = self.span("listxattr", ino);
+        match self.fs.listxattr(ino.0) {
+            Ok(names) => reply_xattr(names, size, reply),
+            Err(err) => reply.error(self.fail("listxattr", ino, err)),
+        }
     }
 
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(Errno::ENOSYS);
+        let _span = self.span("setxattr", ino);
+        self.reply_empty("setxattr", ino, self.fs.setxattr(ino.0, name, value, flags), reply);
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::ENOSYS);
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let _span = self.span("removexattr", ino);
+        self.reply_empty("removexattr", ino, self.fs.removexattr(ino.0, name), reply);
     }
 
     fn create(
