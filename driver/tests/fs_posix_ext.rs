@@ -192,3 +192,53 @@ fn directories_keep_nanosecond_timestamps() {
     assert_eq!((meta.atime(), meta.atime_nsec()), (1_111_111_111, 111_111_111));
     assert_eq!((meta.mtime(), meta.mtime_nsec()), (1_222_222_222, 222_222_222));
 }
+
+fn renameat2(from: &Path, to: &Path, flags: libc::c_uint) -> std::io::Result<()> {
+    let from = std::ffi::CString::new(from.as_os_str().as_encoded_bytes())?;
+    let to = std::ffi::CString::new(to.as_os_str().as_encoded_bytes())?;
+    // SAFETY: both paths are valid NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::syscall(libc::SYS_renameat2, libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), flags)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// Names are encrypted under their directory's id, and long ones keep a side file: an exchange
+/// across directories of long-named entries must leave every name decryptable.
+#[test]
+fn exchange_and_noreplace_across_directories_with_long_names() {
+    let mut v = Volume::new();
+    fs::create_dir(v.at("a")).unwrap();
+    fs::create_dir(v.at("b")).unwrap();
+    let (long_a, long_b) = ("a".repeat(240), "b".repeat(200));
+    let (pa, pb) = (v.at(&format!("a/{long_a}")), v.at(&format!("b/{long_b}")));
+    fs::write(&pa, b"from a").unwrap();
+    fs::create_dir(&pb).unwrap();
+    fs::write(pb.join("inside"), b"in b").unwrap();
+    assert_eq!(errno(renameat2(&pa, &pb, libc::RENAME_NOREPLACE)), libc::EEXIST);
+    renameat2(&pa, &pb, libc::RENAME_EXCHANGE).unwrap();
+    assert_eq!(fs::read(&pb).unwrap(), b"from a");
+    assert_eq!(fs::read(pa.join("inside")).unwrap(), b"in b");
+    renameat2(&pb, &v.at("b/short"), libc::RENAME_NOREPLACE).unwrap();
+    v.remount();
+    let names = |dir: &str| {
+        let mut n: Vec<String> =
+            fs::read_dir(v.at(dir)).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        n.sort();
+        n
+    };
+    assert_eq!(names("a"), [long_a.clone()]);
+    assert_eq!(names("b"), ["short"]);
+    assert_eq!(fs::read(v.at(&format!("a/{long_a}/inside"))).unwrap(), b"in b");
+    // Exactly one long name is left, so exactly one side file: none for a name that is gone.
+    let side_files = common::backing_entries(v.backing())
+        .iter()
+        .flat_map(|dir| fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()))
+        .filter(|name| name.ends_with(".name"))
+        .count();
+    assert_eq!(side_files, 1);
+}
