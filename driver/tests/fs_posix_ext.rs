@@ -231,7 +231,7 @@ fn exchange_and_noreplace_across_directories_with_long_names() {
         n.sort();
         n
     };
-    assert_eq!(names("a"), [long_a.clone()]);
+    assert_eq!(names("a"), std::slice::from_ref(&long_a));
     assert_eq!(names("b"), ["short"]);
     assert_eq!(fs::read(v.at(&format!("a/{long_a}/inside"))).unwrap(), b"in b");
     // Exactly one long name is left, so exactly one side file: none for a name that is gone.
