@@ -55,6 +55,7 @@ impl DataKey {
             names: expand::<{ 2 * KEY_LEN }>(&hk, Purpose::Names),
             symlinks: expand::<KEY_LEN>(&hk, Purpose::Symlinks),
             header_mac: expand::<KEY_LEN>(&hk, Purpose::HeaderMac),
+            xattrs: expand::<KEY_LEN>(&hk, Purpose::Xattrs),
         }
     }
 }
@@ -76,6 +77,8 @@ pub enum Purpose {
     Symlinks,
     /// HMAC-SHA256 key that authenticates the volume header.
     HeaderMac,
+    /// AES-256-GCM key for extended attribute records.
+    Xattrs,
 }
 
 impl Purpose {
@@ -86,6 +89,7 @@ impl Purpose {
             Purpose::Names => b"cryptvol/v1/names",
             Purpose::Symlinks => b"cryptvol/v1/symlinks",
             Purpose::HeaderMac => b"cryptvol/v1/header-mac",
+            Purpose::Xattrs => b"cryptvol/v1/xattrs",
         }
     }
 }
@@ -105,6 +109,7 @@ pub struct VolumeKeys {
     names: Zeroizing<[u8; 2 * KEY_LEN]>,
     symlinks: Zeroizing<[u8; KEY_LEN]>,
     header_mac: Zeroizing<[u8; KEY_LEN]>,
+    xattrs: Zeroizing<[u8; KEY_LEN]>,
 }
 
 impl VolumeKeys {
@@ -126,6 +131,11 @@ impl VolumeKeys {
     /// The HMAC-SHA256 key for the volume header.
     pub fn header_mac(&self) -> &[u8; KEY_LEN] {
         &self.header_mac
+    }
+
+    /// The AES-256-GCM key for extended attribute records.
+    pub fn xattrs(&self) -> &[u8; KEY_LEN] {
+        &self.xattrs
     }
 
     /// Derives the AES-256-GCM key for the contents of the file with identity `file_id`.

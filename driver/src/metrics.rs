@@ -53,11 +53,14 @@ pub enum FuseOp {
     Setxattr,
     Removexattr,
     Create,
+    Fallocate,
+    Lseek,
+    CopyFileRange,
 }
 
 impl FuseOp {
     /// Every operation, in declaration order (the index of each is `op as usize`).
-    pub const ALL: [FuseOp; 28] = [
+    pub const ALL: [FuseOp; 31] = [
         FuseOp::Lookup,
         FuseOp::Forget,
         FuseOp::Getattr,
@@ -86,6 +89,9 @@ impl FuseOp {
         FuseOp::Setxattr,
         FuseOp::Removexattr,
         FuseOp::Create,
+        FuseOp::Fallocate,
+        FuseOp::Lseek,
+        FuseOp::CopyFileRange,
     ];
 
     /// The label value, as the FUSE protocol names the operation.
@@ -119,6 +125,9 @@ impl FuseOp {
             FuseOp::Setxattr => "setxattr",
             FuseOp::Removexattr => "removexattr",
             FuseOp::Create => "create",
+            FuseOp::Fallocate => "fallocate",
+            FuseOp::Lseek => "lseek",
+            FuseOp::CopyFileRange => "copy_file_range",
         }
     }
 }
@@ -136,17 +145,20 @@ pub enum AuthFailure {
     DirId,
     /// A symlink target.
     Symlink,
+    /// An extended attribute record.
+    Xattr,
     /// The volume header seal.
     HeaderSeal,
 }
 
 impl AuthFailure {
-    const ALL: [AuthFailure; 6] = [
+    const ALL: [AuthFailure; 7] = [
         AuthFailure::Block,
         AuthFailure::FileHeader,
         AuthFailure::Name,
         AuthFailure::DirId,
         AuthFailure::Symlink,
+        AuthFailure::Xattr,
         AuthFailure::HeaderSeal,
     ];
 
@@ -157,6 +169,7 @@ impl AuthFailure {
             AuthFailure::Name => "name",
             AuthFailure::DirId => "dir_id",
             AuthFailure::Symlink => "symlink",
+            AuthFailure::Xattr => "xattr",
             AuthFailure::HeaderSeal => "header_seal",
         }
     }

@@ -24,7 +24,12 @@ async fn identity_reports_name_capabilities_and_readiness() {
     assert_eq!(info.vendor_version, env!("CARGO_PKG_VERSION"));
     let caps =
         h.identity.get_plugin_capabilities(csi::GetPluginCapabilitiesRequest {}).await.unwrap().into_inner();
-    assert_eq!(caps.capabilities.len(), 1);
+    assert_eq!(caps.capabilities.len(), 2);
+    let online = csi::plugin_capability::volume_expansion::Type::Online as i32;
+    assert!(caps.capabilities.iter().any(|c| matches!(
+        &c.r#type,
+        Some(csi::plugin_capability::Type::VolumeExpansion(e)) if e.r#type == online
+    )));
     let ready = h.identity.probe(csi::ProbeRequest {}).await.unwrap().into_inner();
     assert_eq!(ready.ready, Some(true));
 
@@ -219,7 +224,7 @@ async fn expand_validate_and_capacity() {
         .unwrap()
         .into_inner();
     assert_eq!(resp.capacity_bytes, 8 << 20);
-    assert!(!resp.node_expansion_required);
+    assert!(resp.node_expansion_required, "the node raises the live mount's limit");
     let listed = h.controller.list_volumes(csi::ListVolumesRequest::default()).await.unwrap().into_inner();
     assert_eq!(listed.entries[0].volume.as_ref().unwrap().capacity_bytes, 8 << 20);
     assert_status(

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+use cryptvol_proto::csi::v1 as csi;
 use csi_harness::Harness;
 use tonic::Code;
 
@@ -90,7 +91,7 @@ fn backing_files(dir: &Path, names: &mut Vec<String>, files: &mut Vec<PathBuf>) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_tree_round_trips_and_the_backing_store_holds_only_ciphertext() {
     let mut h = Harness::start().await;
-    let volume = h.create("pvc-tree", "app").await.unwrap();
+    let volume = h.create_with("pvc-tree", csi_harness::params("app"), 1 << 30).await.unwrap();
     let (staging, target) = (h.path("staging"), h.path("mnt"));
     h.stage(&volume, &staging).await.unwrap();
     h.stage(&volume, &staging).await.unwrap(); // idempotent
@@ -258,6 +259,116 @@ async fn unstage_drops_the_keys_even_while_a_bind_mount_still_uses_the_volume() 
     let err = h.publish(&volume, &staging, &foreign, false).await.unwrap_err();
     assert_eq!(err.code(), Code::AlreadyExists, "{err:?}");
     h.unpublish(&volume.volume_id, &foreign).await.unwrap();
+    h.unpublish(&volume.volume_id, &target).await.unwrap();
+    h.unstage(&volume.volume_id, &staging).await.unwrap();
+}
+
+fn statvfs_bytes(path: &Path) -> (u64, u64) {
+    let st = nix::sys::statvfs::statvfs(path).unwrap();
+    (st.blocks() * st.fragment_size(), st.blocks_available() * st.fragment_size())
+}
+
+async fn stats_bytes(h: &mut Harness, volume_id: &str, path: &Path) -> (i64, i64, i64) {
+    let stats = h
+        .node
+        .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: volume_id.into(),
+            volume_path: path.display().to_string(),
+            staging_target_path: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let bytes = stats.usage.iter().find(|u| u.unit == csi::volume_usage::Unit::Bytes as i32).unwrap();
+    (bytes.total, bytes.used, bytes.available)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_volume_gives_enospc_and_online_expansion_lifts_the_limit() {
+    use std::io::Write;
+    let mut h = Harness::start().await;
+    let caps = h.node.node_get_capabilities(csi::NodeGetCapabilitiesRequest {}).await.unwrap().into_inner();
+    let expand = csi::node_service_capability::rpc::Type::ExpandVolume as i32;
+    assert!(caps.capabilities.iter().any(|c| matches!(
+        &c.r#type,
+        Some(csi::node_service_capability::Type::Rpc(rpc)) if rpc.r#type == expand
+    )));
+
+    let volume = h.create_with("pvc-full", csi_harness::params("app"), 1 << 20).await.unwrap();
+    let (staging, target) = (h.path("staging"), h.path("mnt"));
+    h.stage(&volume, &staging).await.unwrap();
+    h.publish(&volume, &staging, &target, false).await.unwrap();
+    assert_eq!(statvfs_bytes(&target), (1 << 20, 1 << 20));
+
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut file = std::fs::File::create(target.join("fill")).unwrap();
+    let mut written = 0usize;
+    let err = loop {
+        match file.write(&chunk[written % chunk.len()..]) {
+            Ok(n) => written += n,
+            Err(err) => break err,
+        }
+        assert!(written < 2 << 20, "the capacity was never enforced");
+    };
+    assert_eq!(err.raw_os_error(), Some(libc::ENOSPC), "{err}");
+    assert_eq!(std::fs::read(target.join("fill")).unwrap(), vec![0x5au8; written]);
+    let (total, used, available) = stats_bytes(&mut h, &volume.volume_id, &target).await;
+    assert_eq!(total, 1 << 20);
+    assert!(used > (1 << 20) - 64 * 1024 && available < 64 * 1024, "used {used}, available {available}");
+
+    // Expansion: the controller raises the header, the node raises the live mount.
+    let grown = h
+        .controller
+        .controller_expand_volume(csi::ControllerExpandVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            capacity_range: Some(csi::CapacityRange { required_bytes: 2 << 20, limit_bytes: 0 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(grown.node_expansion_required);
+    let expanded = h
+        .node
+        .node_expand_volume(csi::NodeExpandVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            volume_path: target.display().to_string(),
+            capacity_range: Some(csi::CapacityRange { required_bytes: 2 << 20, limit_bytes: 0 }),
+            staging_target_path: staging.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(expanded.capacity_bytes, 2 << 20);
+    file.write_all(&chunk).unwrap();
+    drop(file);
+    assert_eq!(statvfs_bytes(&target).0, 2 << 20);
+    assert_eq!(stats_bytes(&mut h, &volume.volume_id, &target).await.0, 2 << 20);
+
+    // NodeExpandVolume names what is wrong.
+    let missing = h
+        .node
+        .node_expand_volume(csi::NodeExpandVolumeRequest {
+            volume_id: "not-staged".into(),
+            volume_path: target.display().to_string(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound, "{missing:?}");
+    let ahead = h
+        .node
+        .node_expand_volume(csi::NodeExpandVolumeRequest {
+            volume_id: volume.volume_id.clone(),
+            volume_path: target.display().to_string(),
+            capacity_range: Some(csi::CapacityRange { required_bytes: 8 << 20, limit_bytes: 0 }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ahead.code(), Code::FailedPrecondition, "{ahead:?}");
+
     h.unpublish(&volume.volume_id, &target).await.unwrap();
     h.unstage(&volume.volume_id, &staging).await.unwrap();
 }

@@ -142,7 +142,14 @@ impl Model {
                 self.both(&format!("rename {what}"), |root| fs::rename(root.join(&a), root.join(&b)));
             }
             7 => {
-                self.both(&format!("link {what}"), |root| fs::hard_link(root.join(&a), root.join(&b)));
+                // A symlink gets no second hard link on a volume (docs/SEMANTICS.md); the
+                // reference is held to the same rule.
+                self.both(&format!("link {what}"), |root| {
+                    if fs::symlink_metadata(root.join(&a)).is_ok_and(|m| m.file_type().is_symlink()) {
+                        return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+                    }
+                    fs::hard_link(root.join(&a), root.join(&b))
+                });
             }
             8 => {
                 self.both(&format!("unlink {what}"), |root| fs::remove_file(root.join(&a)));

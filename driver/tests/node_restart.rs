@@ -122,8 +122,9 @@ impl Drop for Propagation {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_node_plugin_heals_its_volumes() {
     let mut h = Harness::start().await;
-    let v1 = h.create("heal-1", "app").await.unwrap();
-    let v2 = h.create("heal-2", "app").await.unwrap();
+    // Room for the 1 MiB file and the appends below: writes past the capacity fail with ENOSPC.
+    let v1 = h.create_with("heal-1", csi_harness::params("app"), 64 << 20).await.unwrap();
+    let v2 = h.create_with("heal-2", csi_harness::params("app"), 64 << 20).await.unwrap();
     let state = h.path("node-state");
 
     // The kubelet pods directory is a shared mount; a "container" sees it through a slave bind.

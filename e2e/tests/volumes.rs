@@ -112,12 +112,18 @@ async fn pods_on_two_workers_share_one_read_write_many_volume() -> Result<()> {
 
 #[tokio::test]
 #[ignore = "needs a cluster"]
-async fn expansion_shows_in_the_volume_and_claim_capacity() -> Result<()> {
+async fn expansion_shows_in_the_volume_the_claim_and_df_in_the_pod() -> Result<()> {
     let cluster = Cluster::connect().await?;
     let ns = cluster.namespace("expand", json!({})).await?;
     let storage_class = &cluster.settings().storage_class;
     let (_, pv) = ns.bound_claim(&claim("grow", storage_class, "1Gi", "ReadWriteOnce")).await?;
     let wanted = 2u64 << 30;
+    // A pod keeps the volume in use: the node raises its live mount's limit (NodeExpandVolume),
+    // which is what completes the resize of the claim.
+    let workers = cluster.require_workers(1).await?;
+    let node = &workers[0];
+    let image = &cluster.settings().image;
+    ns.running_pod(&shell_pod("hold", image, node, "grow", "sleep 3600")).await?;
 
     let patch = json!({ "spec": { "resources": { "requests": { "storage": "2Gi" } } } });
     ns.claims()
@@ -144,6 +150,13 @@ async fn expansion_shows_in_the_volume_and_claim_capacity() -> Result<()> {
             == Some(wanted)
     };
     cluster.wait(ns.claims(), "grow", "the claim's capacity to be 2Gi", claim_grown).await?;
+
+    // `df` in a pod shows the new size (1 KiB blocks, second column).
+    let df = ns.completed_pod(&shell_pod("df", image, node, "grow", "df -k /data | tail -1")).await?;
+    let size_kib = df.split_whitespace().nth(1).and_then(|n| n.parse::<u64>().ok());
+    if size_kib != Some(wanted / 1024) {
+        return Err(E2eError::ClusterState(format!("df in the pod shows {df:?}, not 2Gi")));
+    }
     ns.delete().await
 }
 

@@ -7,6 +7,7 @@ pub mod content;
 pub mod names;
 mod nonce;
 pub mod symlink;
+pub mod xattr;
 
 /// Why an encoding or decoding step failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,7 +1,10 @@
-//! Symlink targets: AES-256-GCM under the symlinks subkey, random nonce, base64url encoded.
+//! Symlink targets: AES-256-GCM under the symlinks subkey, random nonce, base64url encoded, bound
+//! to the link's directory id and name.
 //!
 //! The stored target is `base64url(nonce || ciphertext || tag)`, so its length alone gives the
-//! plaintext length and `lstat` needs no decryption.
+//! plaintext length and `lstat` needs no decryption. The associated data is [`AAD`] followed by
+//! the id of the directory holding the link and the link's plaintext name, so a target moved to
+//! another link fails to decrypt.
 
 use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce, Tag};
@@ -9,27 +12,46 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use super::content::{NONCE_LEN, TAG_LEN};
+use super::names::DirId;
 use super::{nonce, CipherError};
 use crate::keys::KEY_LEN;
 
-/// Associated data of every symlink target.
+/// Prefix of the associated data of every symlink target; the directory id and name follow.
 pub const AAD: &[u8] = b"cryptvol/v1/symlink";
 /// Longest plaintext target: its encoding (4095 bytes) stays below the 4096-byte `PATH_MAX`.
 pub const MAX_TARGET_LEN: usize = 3043;
 
 const OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 
-/// Encrypts symlink target `target` under a fresh random nonce.
-pub fn encrypt_target(key: &[u8; KEY_LEN], target: &[u8]) -> Result<String, CipherError> {
+/// The link a target is bound to: the id of the directory holding it and its plaintext name.
+#[derive(Debug, Clone, Copy)]
+pub struct Link<'a> {
+    pub dir_id: &'a DirId,
+    pub name: &'a [u8],
+}
+
+impl Link<'_> {
+    fn aad(&self) -> Vec<u8> {
+        let mut aad = Vec::with_capacity(AAD.len() + self.dir_id.len() + self.name.len());
+        aad.extend_from_slice(AAD);
+        aad.extend_from_slice(self.dir_id);
+        aad.extend_from_slice(self.name);
+        aad
+    }
+}
+
+/// Encrypts symlink target `target` of `link` under a fresh random nonce.
+pub fn encrypt_target(key: &[u8; KEY_LEN], link: Link<'_>, target: &[u8]) -> Result<String, CipherError> {
     let mut nonce = [0u8; NONCE_LEN];
     nonce::random_bytes(&mut nonce)?;
-    encrypt_target_with_nonce(key, &nonce, target)
+    encrypt_target_with_nonce(key, &nonce, link, target)
 }
 
 /// [`encrypt_target`] with a caller-chosen nonce: for the random path and known-answer tests only.
 pub(crate) fn encrypt_target_with_nonce(
     key: &[u8; KEY_LEN],
     nonce: &[u8; NONCE_LEN],
+    link: Link<'_>,
     target: &[u8],
 ) -> Result<String, CipherError> {
     if target.is_empty() {
@@ -42,14 +64,14 @@ pub(crate) fn encrypt_target_with_nonce(
     sealed.extend_from_slice(nonce);
     sealed.extend_from_slice(target);
     let tag = Aes256Gcm::new(key.into())
-        .encrypt_inout_detached(&Nonce::from(*nonce), AAD, (&mut sealed[NONCE_LEN..]).into())
+        .encrypt_inout_detached(&Nonce::from(*nonce), &link.aad(), (&mut sealed[NONCE_LEN..]).into())
         .map_err(|_| CipherError::TargetTooLong)?;
     sealed.extend_from_slice(&tag);
     Ok(URL_SAFE_NO_PAD.encode(sealed))
 }
 
-/// Decrypts a stored target.
-pub fn decrypt_target(key: &[u8; KEY_LEN], encoded: &[u8]) -> Result<Vec<u8>, CipherError> {
+/// Decrypts the stored target of `link`.
+pub fn decrypt_target(key: &[u8; KEY_LEN], link: Link<'_>, encoded: &[u8]) -> Result<Vec<u8>, CipherError> {
     let sealed = URL_SAFE_NO_PAD.decode(encoded).map_err(|_| CipherError::Malformed)?;
     if sealed.len() <= OVERHEAD {
         return Err(CipherError::Malformed);
@@ -60,7 +82,7 @@ pub fn decrypt_target(key: &[u8; KEY_LEN], encoded: &[u8]) -> Result<Vec<u8>, Ci
     let tag = Tag::try_from(tag).map_err(|_| CipherError::Malformed)?;
     let mut plain = ciphertext.to_vec();
     Aes256Gcm::new(key.into())
-        .decrypt_inout_detached(&nonce, AAD, plain.as_mut_slice().into(), &tag)
+        .decrypt_inout_detached(&nonce, &link.aad(), plain.as_mut_slice().into(), &tag)
         .map_err(|_| CipherError::Authentication)?;
     Ok(plain)
 }
@@ -86,30 +108,39 @@ mod tests {
     /// Nonce of the vector in docs/FORMAT.md ("Symlink targets"); the key is the KAT volume's.
     const KAT_KEY: [u8; 32] = [0x5a; 32];
     const KAT_NONCE: [u8; 12] = [0xa0, 0xa1, 0xa2, 0xa3, 0xa4, 0xa5, 0xa6, 0xa7, 0xa8, 0xa9, 0xaa, 0xab];
+    const KAT_LINK: Link<'static> = Link { dir_id: &[0xd1; 16], name: b"current" };
+    const OTHER: Link<'static> = Link { dir_id: &[0xd1; 16], name: b"previous" };
 
     #[test]
     fn known_answer_target() {
         let keys = kat_volume_keys();
-        let encoded = encrypt_target_with_nonce(keys.symlinks(), &KAT_NONCE, b"../data/current").unwrap();
-        assert_eq!(encoded, "oKGio6SlpqeoqaqrJLK8SsSZUwVxYZUslNQdC-ECtm4c0KWpzli_RQRqgA");
+        let encoded =
+            encrypt_target_with_nonce(keys.symlinks(), &KAT_NONCE, KAT_LINK, b"../data/current").unwrap();
+        assert_eq!(encoded, "oKGio6SlpqeoqaqrJLK8SsSZUwVxYZUslNQdFzKymzUvGl4WoOuEaqlFog");
         assert_documented(&encoded);
         assert_documented(&hex::encode(KAT_NONCE));
-        assert_eq!(decrypt_target(keys.symlinks(), encoded.as_bytes()).unwrap(), b"../data/current");
+        assert_eq!(
+            decrypt_target(keys.symlinks(), KAT_LINK, encoded.as_bytes()).unwrap(),
+            b"../data/current"
+        );
         assert_eq!(target_len(encoded.len() as u64), Some(15));
     }
 
     #[test]
     fn length_limit_keeps_backing_target_under_path_max() {
-        let longest = encrypt_target(&KAT_KEY, &[b'a'; MAX_TARGET_LEN]).unwrap();
+        let longest = encrypt_target(&KAT_KEY, KAT_LINK, &[b'a'; MAX_TARGET_LEN]).unwrap();
         assert_eq!(longest.len(), 4095);
-        assert_eq!(encrypt_target(&KAT_KEY, &[b'a'; MAX_TARGET_LEN + 1]), Err(CipherError::TargetTooLong));
-        assert_eq!(encrypt_target(&KAT_KEY, b""), Err(CipherError::EmptyTarget));
+        assert_eq!(
+            encrypt_target(&KAT_KEY, KAT_LINK, &[b'a'; MAX_TARGET_LEN + 1]),
+            Err(CipherError::TargetTooLong)
+        );
+        assert_eq!(encrypt_target(&KAT_KEY, KAT_LINK, b""), Err(CipherError::EmptyTarget));
     }
 
     #[test]
     fn lengths_follow_from_encoding() {
         for len in [1usize, 2, 3, 100, 1000, MAX_TARGET_LEN] {
-            let encoded = encrypt_target(&KAT_KEY, &vec![b'z'; len]).unwrap();
+            let encoded = encrypt_target(&KAT_KEY, KAT_LINK, &vec![b'z'; len]).unwrap();
             assert_eq!(target_len(encoded.len() as u64), Some(len as u64));
         }
         assert_eq!(target_len(5), None);
@@ -118,11 +149,20 @@ mod tests {
 
     #[test]
     fn tampering_fails() {
-        let encoded = encrypt_target(&KAT_KEY, b"/etc/passwd").unwrap();
+        let encoded = encrypt_target(&KAT_KEY, KAT_LINK, b"/etc/passwd").unwrap();
         let mut bytes = encoded.into_bytes();
         bytes[20] = if bytes[20] == b'A' { b'B' } else { b'A' };
-        assert_eq!(decrypt_target(&KAT_KEY, &bytes), Err(CipherError::Authentication));
-        assert_eq!(decrypt_target(&[0x5b; 32], &bytes), Err(CipherError::Authentication));
-        assert_eq!(decrypt_target(&KAT_KEY, b"!!"), Err(CipherError::Malformed));
+        assert_eq!(decrypt_target(&KAT_KEY, KAT_LINK, &bytes), Err(CipherError::Authentication));
+        assert_eq!(decrypt_target(&[0x5b; 32], KAT_LINK, &bytes), Err(CipherError::Authentication));
+        assert_eq!(decrypt_target(&KAT_KEY, KAT_LINK, b"!!"), Err(CipherError::Malformed));
+    }
+
+    #[test]
+    fn a_target_moved_to_another_link_fails() {
+        let encoded = encrypt_target(&KAT_KEY, KAT_LINK, b"/etc/passwd").unwrap();
+        assert_eq!(decrypt_target(&KAT_KEY, KAT_LINK, encoded.as_bytes()).unwrap(), b"/etc/passwd");
+        assert_eq!(decrypt_target(&KAT_KEY, OTHER, encoded.as_bytes()), Err(CipherError::Authentication));
+        let elsewhere = Link { dir_id: &[0xd2; 16], name: b"current" };
+        assert_eq!(decrypt_target(&KAT_KEY, elsewhere, encoded.as_bytes()), Err(CipherError::Authentication));
     }
 }

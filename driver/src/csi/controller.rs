@@ -450,7 +450,8 @@ impl Controller for ControllerService {
         }
         Ok(Response::new(csi::ControllerExpandVolumeResponse {
             capacity_bytes: i64::try_from(capacity).unwrap_or(i64::MAX),
-            node_expansion_required: false,
+            // The node raises the live mount's limit (NodeExpandVolume); no remount.
+            node_expansion_required: true,
         }))
     }
 

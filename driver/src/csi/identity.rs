@@ -48,10 +48,17 @@ impl Identity for IdentityService {
         &self,
         _request: Request<csi::GetPluginCapabilitiesRequest>,
     ) -> Result<Response<csi::GetPluginCapabilitiesResponse>, Status> {
-        use csi::plugin_capability::{service::Type as ServiceType, Service, Type};
-        let capabilities = vec![csi::PluginCapability {
-            r#type: Some(Type::Service(Service { r#type: ServiceType::ControllerService as i32 })),
-        }];
+        use csi::plugin_capability::volume_expansion::Type as ExpansionType;
+        use csi::plugin_capability::{service::Type as ServiceType, Service, Type, VolumeExpansion};
+        let capabilities = vec![
+            csi::PluginCapability {
+                r#type: Some(Type::Service(Service { r#type: ServiceType::ControllerService as i32 })),
+            },
+            // NodeExpandVolume raises the limit of a live mount: volumes grow while in use.
+            csi::PluginCapability {
+                r#type: Some(Type::VolumeExpansion(VolumeExpansion { r#type: ExpansionType::Online as i32 })),
+            },
+        ];
         Ok(Response::new(csi::GetPluginCapabilitiesResponse { capabilities }))
     }
 

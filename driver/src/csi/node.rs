@@ -173,6 +173,7 @@ impl NodeService {
         drop(data_key);
 
         let watch = KeyWatch::new(req.secrets.clone(), header.clone());
+        let capacity = capacity_limit(&header);
         let store = self.store.clone();
         let staging = req.staging_path.clone();
         let options = MountOptions {
@@ -184,9 +185,11 @@ impl NodeService {
             seal_or_verify(&store, header, &keys)?;
             mount::ensure_dir(&staging).map_err(|e| io_status("cannot create staging path", &staging, e))?;
             let data = store.data_dir(&options.volume_id).map_err(|e| store_status(&e))?;
-            crate::fs::mount(&data, &staging, keys, options).map_err(|e| {
+            let mount = crate::fs::mount(&data, &staging, keys, options).map_err(|e| {
                 Status::internal(format!("cannot serve the volume at {}: {e}", staging.display()))
-            })
+            })?;
+            mount.set_capacity(capacity);
+            Ok(mount)
         })
         .await
         .map_err(|e| Status::unavailable(format!("stage task failed: {e}")))??;
@@ -412,6 +415,36 @@ impl NodeService {
     }
 }
 
+/// The limit a mount enforces: the header's capacity; 0 (never set) means none.
+fn capacity_limit(header: &VolumeHeader) -> Option<u64> {
+    Some(header.capacity_bytes).filter(|&bytes| bytes > 0)
+}
+
+impl NodeService {
+    /// Raises the live mount's capacity to what the volume header now records (after
+    /// ControllerExpandVolume), without a remount; returns the new capacity.
+    pub async fn expand(&self, volume_id: &str) -> Result<u64, Status> {
+        let _guard = self.in_flight.claim(volume_id)?;
+        if !self.staged.lock().await.contains_key(volume_id) {
+            return Err(Status::not_found(format!("volume {volume_id} is not staged on this node")));
+        }
+        let store = self.store.clone();
+        let id = volume_id.to_string();
+        let header = tokio::task::spawn_blocking(move || store.header(&id))
+            .await
+            .map_err(|e| Status::unavailable(format!("backing store task failed: {e}")))?
+            .map_err(|e| store_status(&e))?
+            .ok_or_else(|| Status::not_found(format!("volume {volume_id} does not exist")))?;
+        let staged = self.staged.lock().await;
+        let staged = staged
+            .get(volume_id)
+            .ok_or_else(|| Status::not_found(format!("volume {volume_id} is not staged on this node")))?;
+        staged.mount.set_capacity(capacity_limit(&header));
+        tracing::info!(capacity_bytes = header.capacity_bytes, "volume capacity raised on the live mount");
+        Ok(header.capacity_bytes)
+    }
+}
+
 fn check_header(header: &VolumeHeader, req: &StageVolume) -> Result<(), Status> {
     if header.state != VolumeState::Ready {
         return Err(Status::not_found(format!("volume {} is being deleted", req.volume_id)));
@@ -596,11 +629,26 @@ impl Node for NodeService {
         Ok(Response::new(response))
     }
 
+    #[tracing::instrument(skip_all, fields(volume_id = %request.get_ref().volume_id))]
     async fn node_expand_volume(
         &self,
-        _request: Request<csi::NodeExpandVolumeRequest>,
+        request: Request<csi::NodeExpandVolumeRequest>,
     ) -> Result<Response<csi::NodeExpandVolumeResponse>, Status> {
-        Err(Status::unimplemented("node expansion is not needed: capacity lives in the volume header"))
+        let req = request.into_inner();
+        let id = required(&req.volume_id, "volume_id")?.to_string();
+        required(&req.volume_path, "volume_path")?;
+        self.heal_if_broken(&id).await;
+        let capacity = self.expand(&id).await?;
+        let required_bytes = req.capacity_range.as_ref().map_or(0, |range| range.required_bytes);
+        if u64::try_from(required_bytes).unwrap_or(0) > capacity {
+            return Err(Status::failed_precondition(format!(
+                "volume {id} header records {capacity} bytes, less than required_bytes {required_bytes}: \
+                 ControllerExpandVolume has not run"
+            )));
+        }
+        Ok(Response::new(csi::NodeExpandVolumeResponse {
+            capacity_bytes: i64::try_from(capacity).unwrap_or(i64::MAX),
+        }))
     }
 
     async fn node_get_capabilities(
@@ -611,7 +659,11 @@ impl Node for NodeService {
         let rpc =
             |t: RpcType| csi::NodeServiceCapability { r#type: Some(Type::Rpc(Rpc { r#type: t as i32 })) };
         Ok(Response::new(csi::NodeGetCapabilitiesResponse {
-            capabilities: vec![rpc(RpcType::StageUnstageVolume), rpc(RpcType::GetVolumeStats)],
+            capabilities: vec![
+                rpc(RpcType::StageUnstageVolume),
+                rpc(RpcType::GetVolumeStats),
+                rpc(RpcType::ExpandVolume),
+            ],
         }))
     }
 

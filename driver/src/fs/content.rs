@@ -143,6 +143,24 @@ impl<'a> Content<'a> {
         }
     }
 
+    /// `fallocate` of `len` bytes at `offset`: the file grows to `offset + len` with encrypted
+    /// zeros when it is shorter (every block of a file is always allocated); with `keep_size`, the
+    /// backing space for that range is reserved instead and the size stays.
+    pub(crate) fn allocate(&self, offset: u64, len: u64, keep_size: bool) -> Result<(), FsError> {
+        let end = offset.checked_add(len).filter(|&end| end <= MAX_FILE_SIZE).ok_or(FsError::FileTooLarge)?;
+        let state = self.state()?;
+        let old = state.size();
+        if end <= old {
+            return Ok(());
+        }
+        if !keep_size {
+            return self.seal_range(state, end, end, &[]);
+        }
+        let from = backing_size(old);
+        sys::keep_size_fallocate(self.file, from, backing_size(end) - from)
+            .map_err(|errno| FsError::Backing { op: "fallocate", errno })
+    }
+
     fn write_with(&self, state: State, offset: u64, data: &[u8]) -> Result<(), FsError> {
         if data.is_empty() {
             return Ok(());
@@ -179,6 +197,10 @@ impl<'a> Content<'a> {
                 (self.ciphers.cipher(&file_id)?, Some(encode_header(&file_id)))
             }
         };
+        // Reserve the space the file grows by before sealing anything, so a full backing store
+        // fails the whole change with ENOSPC instead of leaving a torn tail.
+        let (old_backing, new_backing) = (backing_size(old), backing_size(new_size));
+        sys::preallocate(self.file, old_backing, new_backing.saturating_sub(old_backing))?;
         let new_last = (new_size - 1) / BLOCK;
         let first_written = offset.min(new_size - 1) / BLOCK;
         let first =
@@ -402,6 +424,24 @@ mod tests {
         f.content().write(0, b"data").unwrap();
         f.file.write_all_at(b"XVF1", 0).unwrap();
         assert!(matches!(f.content().read(0, 4), Err(FsError::FileHeader { .. })));
+    }
+
+    #[test]
+    fn allocate_grows_with_zeros_or_keeps_the_size() {
+        let mut f = Fixture::new();
+        f.write(0, b"abc");
+        f.content().allocate(0, 2, false).unwrap();
+        f.check();
+        f.content().allocate(10_000, 100, false).unwrap();
+        f.model.resize(10_100, 0);
+        f.check();
+        let backing = f.file.metadata().unwrap();
+        f.content().allocate(0, 1 << 20, true).unwrap();
+        assert_eq!(f.file.metadata().unwrap().len(), backing.len(), "keep-size leaves the size");
+        use std::os::unix::fs::MetadataExt;
+        assert!(f.file.metadata().unwrap().blocks() > backing.blocks(), "space was reserved");
+        f.check();
+        f.write(20_000, b"after");
     }
 
     #[test]

@@ -65,6 +65,22 @@ pub enum FsError {
         /// The backing inode.
         ino: u64,
     },
+    /// An extended attribute record failed to authenticate or parse (altered, moved from
+    /// another file, or another key).
+    #[error("extended attributes of inode {ino} failed to decrypt")]
+    XattrRecord {
+        /// The backing inode.
+        ino: u64,
+    },
+    /// The extended attribute does not exist.
+    #[error("no such attribute")]
+    NoAttribute,
+    /// The extended attribute exists and `XATTR_CREATE` was asked.
+    #[error("attribute exists")]
+    AttributeExists,
+    /// The file's extended attributes would not fit in one record.
+    #[error("no room for the extended attributes")]
+    XattrTooLarge,
     /// A plaintext name is longer than 255 bytes.
     #[error("name longer than 255 bytes")]
     NameTooLong,
@@ -77,6 +93,9 @@ pub enum FsError {
     /// The request would make a file larger than the format's limit.
     #[error("file too large")]
     FileTooLarge,
+    /// The change would take the volume past its capacity.
+    #[error("the volume is full: the change would pass its capacity")]
+    NoSpace,
     /// The kernel named an inode this file system does not know.
     #[error("unknown inode {0}")]
     UnknownInode(u64),
@@ -125,11 +144,15 @@ impl FsError {
             | FsError::LongName { .. }
             | FsError::DirId { .. }
             | FsError::SymlinkTarget { .. }
+            | FsError::XattrRecord { .. }
             | FsError::Random
             | FsError::Mount { .. } => Errno::EIO,
             FsError::NameTooLong | FsError::TargetTooLong => Errno::ENAMETOOLONG,
             FsError::InvalidName => Errno::EINVAL,
             FsError::FileTooLarge => Errno::EFBIG,
+            FsError::NoSpace | FsError::XattrTooLarge => Errno::ENOSPC,
+            FsError::NoAttribute => Errno::ENODATA,
+            FsError::AttributeExists => Errno::EEXIST,
             FsError::UnknownInode(_) => Errno::ESTALE,
             FsError::UnknownHandle(_) => Errno::EBADF,
             FsError::NotEmpty | FsError::NotAVolumeRoot(_) => Errno::ENOTEMPTY,
@@ -148,11 +171,16 @@ impl FsError {
             FsError::Name { .. } | FsError::LongName { .. } => Some(AuthFailure::Name),
             FsError::DirId { .. } => Some(AuthFailure::DirId),
             FsError::SymlinkTarget { .. } => Some(AuthFailure::Symlink),
+            FsError::XattrRecord { .. } => Some(AuthFailure::Xattr),
             FsError::Backing { .. }
             | FsError::NameTooLong
             | FsError::InvalidName
             | FsError::TargetTooLong
             | FsError::FileTooLarge
+            | FsError::NoSpace
+            | FsError::NoAttribute
+            | FsError::AttributeExists
+            | FsError::XattrTooLarge
             | FsError::UnknownInode(_)
             | FsError::UnknownHandle(_)
             | FsError::NotEmpty

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fuser::{
-    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    CopyFileRangeFlags, Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyLseek, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow,
+    WriteFlags,
 };
 
 use super::error::FsError;
@@ -115,6 +116,17 @@ fn fopen_flags(open_flags: i32) -> FopenFlags {
         FopenFlags::FOPEN_DIRECT_IO | FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES
     } else {
         FopenFlags::empty()
+    }
+}
+
+/// Answers a size query (`size` 0) with the length, else the data, or ERANGE when it does not fit.
+fn reply_xattr(data: Vec<u8>, size: u32, reply: ReplyXattr) {
+    if size == 0 {
+        reply.size(data.len() as u32);
+    } else if data.len() > size as usize {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(&data);
     }
 }
 
@@ -319,6 +331,56 @@ impl Filesystem for FuseAdapter {
         reply.ok();
     }
 
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        let _span = begin!(self, Fallocate, ino, reply);
+        self.reply_empty(FuseOp::Fallocate, ino, self.fs.fallocate(fh.0, offset, length, mode), reply);
+    }
+
+    fn lseek(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: i64,
+        whence: i32,
+        reply: ReplyLseek,
+    ) {
+        let _span = begin!(self, Lseek, ino, reply);
+        match self.fs.seek_data(fh.0, offset, whence) {
+            Ok(found) => reply.offset(found),
+            Err(err) => reply.error(self.fail(FuseOp::Lseek, ino, err)),
+        }
+    }
+
+    fn copy_file_range(
+        &self,
+        _req: &Request,
+        ino_in: INodeNo,
+        fh_in: FileHandle,
+        offset_in: u64,
+        _ino_out: INodeNo,
+        fh_out: FileHandle,
+        offset_out: u64,
+        len: u64,
+        _flags: CopyFileRangeFlags,
+        reply: ReplyWrite,
+    ) {
+        let _span = begin!(self, CopyFileRange, ino_in, reply);
+        match self.fs.copy_range(fh_in.0, offset_in, fh_out.0, offset_out, len) {
+            Ok(copied) => reply.written(copied),
+            Err(err) => reply.error(self.fail(FuseOp::CopyFileRange, ino_in, err)),
+        }
+    }
+
     fn fsync(&self, _req: &Request, ino: INodeNo, fh: FileHandle, datasync: bool, reply: ReplyEmpty) {
         let _span = begin!(self, Fsync, ino, reply);
         self.reply_empty(FuseOp::Fsync, ino, self.fs.fsync(fh.0, datasync), reply);
@@ -370,51 +432,54 @@ impl Filesystem for FuseAdapter {
         let _span = begin!(self, Statfs, ino, reply);
         match self.fs.statfs() {
             Ok(st) => reply.statfs(
-                st.blocks(),
-                st.blocks_free(),
-                st.blocks_available(),
-                st.files(),
-                st.files_free(),
-                st.block_size() as u32,
+                st.blocks,
+                st.blocks_free,
+                st.blocks_available,
+                st.files,
+                st.files_free,
+                st.block_size,
                 crate::cipher::names::MAX_NAME_LEN as u32,
-                st.fragment_size() as u32,
+                st.block_size,
             ),
             Err(err) => reply.error(self.fail(FuseOp::Statfs, ino, err)),
         }
     }
 
-    // Extended attributes are not supported (docs/SEMANTICS.md). ENOSYS, unlike EOPNOTSUPP,
-    // tells the kernel to stop asking for the whole mount and answer EOPNOTSUPP itself, so the
-    // `security.capability` check the kernel makes before writes costs no round trip after the
-    // first one. fuser's default answers the same but logs a warning for each call.
-
-    fn getxattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         let _span = begin!(self, Getxattr, ino, reply);
-        reply.error(self.refuse(FuseOp::Getxattr, Errno::ENOSYS));
+        match self.fs.getxattr(ino.0, name) {
+            Ok(value) => reply_xattr(value, size, reply),
+            // The common answer (the kernel asks for `security.capability` before writes): no log.
+            Err(FsError::NoAttribute) => reply.error(self.refuse(FuseOp::Getxattr, Errno::NO_XATTR)),
+            Err(err) => reply.error(self.fail(FuseOp::Getxattr, ino, err)),
+        }
     }
 
-    fn listxattr(&self, _req: &Request, ino: INodeNo, _size: u32, reply: ReplyXattr) {
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         let _span = begin!(self, Listxattr, ino, reply);
-        reply.error(self.refuse(FuseOp::Listxattr, Errno::ENOSYS));
+        match self.fs.listxattr(ino.0) {
+            Ok(names) => reply_xattr(names, size, reply),
+            Err(err) => reply.error(self.fail(FuseOp::Listxattr, ino, err)),
+        }
     }
 
     fn setxattr(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
         let _span = begin!(self, Setxattr, ino, reply);
-        reply.error(self.refuse(FuseOp::Setxattr, Errno::ENOSYS));
+        self.reply_empty(FuseOp::Setxattr, ino, self.fs.setxattr(ino.0, name, value, flags), reply);
     }
 
-    fn removexattr(&self, _req: &Request, ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let _span = begin!(self, Removexattr, ino, reply);
-        reply.error(self.refuse(FuseOp::Removexattr, Errno::ENOSYS));
+        self.reply_empty(FuseOp::Removexattr, ino, self.fs.removexattr(ino.0, name), reply);
     }
 
     fn create(

@@ -11,6 +11,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::cipher::content::{BlockCipher, FileId};
 use crate::cipher::names::DirId;
+use crate::cipher::xattr::Attributes;
 use crate::keys::VolumeKeys;
 
 use super::dir;
@@ -36,6 +37,14 @@ pub(crate) struct Inode {
     pub content: RwLock<()>,
     /// The cipher of the file's current identity, derived on first use.
     cipher: Mutex<Option<Arc<BlockCipher>>>,
+    /// The decrypted extended attributes, read on first use; the lock also serializes changes.
+    pub xattrs: Mutex<Option<Arc<Attributes>>>,
+    /// For symlinks: the directory id and plaintext name its target is bound to (the name the
+    /// kernel last looked it up by).
+    pub link: Mutex<Option<(DirId, Vec<u8>)>>,
+    /// For symlinks renamed through this mount: the re-encrypted copy that took the place of
+    /// the backing object `fd` names (its backing inode number and handle).
+    moved: Mutex<Option<(u64, Arc<OwnedFd>)>>,
 }
 
 impl Inode {
@@ -57,8 +66,39 @@ impl Inode {
         self.dir_id.as_ref().ok_or(FsError::Backing { op: "lookup", errno: nix::errno::Errno::ENOTDIR })
     }
 
+    /// Records that this object was just created here, so it has no extended attributes: the
+    /// kernel's `security.capability` checks never reach the backing store for it.
+    pub(crate) fn starts_without_attributes(&self) {
+        self.xattrs.lock().get_or_insert_with(Default::default);
+    }
+
+    /// Records the link (directory id and plaintext name) a symlink's target is bound to.
+    pub(crate) fn bind_link(&self, dir_id: &DirId, name: &[u8]) {
+        *self.link.lock() = Some((*dir_id, name.to_vec()));
+    }
+
+    /// Points this symlink at the re-encrypted copy `fd` (backing inode `backing_ino`) that a
+    /// rename made, bound to `dir_id` and `name`: the kernel may keep using this node id for the
+    /// renamed link until it looks the name up again.
+    pub(crate) fn move_link(&self, fd: OwnedFd, backing_ino: u64, dir_id: &DirId, name: &[u8]) {
+        *self.moved.lock() = Some((backing_ino, Arc::new(fd)));
+        self.bind_link(dir_id, name);
+    }
+
+    /// The handle of the backing object this inode now stands for, when a rename replaced it.
+    pub(crate) fn moved(&self) -> Option<Arc<OwnedFd>> {
+        self.moved.lock().as_ref().map(|(_, fd)| Arc::clone(fd))
+    }
+
+    /// True when this inode stands for backing inode `backing_ino`, itself or after a rename.
+    fn stands_for(&self, backing_ino: u64) -> bool {
+        self.backing_ino == backing_ino
+            || self.moved.lock().as_ref().is_some_and(|(ino, _)| *ino == backing_ino)
+    }
+
     fn forget_cipher(&self) {
         self.cipher.lock().take();
+        self.xattrs.lock().take();
     }
 }
 
@@ -103,6 +143,9 @@ impl InodeTable {
             dir_id: Some(root_dir_id),
             content: RwLock::new(()),
             cipher: Mutex::new(None),
+            xattrs: Mutex::new(None),
+            link: Mutex::new(None),
+            moved: Mutex::new(None),
         });
         let map = HashMap::from([(ROOT, Entry { inode, lookups: 1 })]);
         InodeTable { root_backing_ino: root.st_ino, map: Mutex::new(map) }
@@ -152,6 +195,9 @@ impl InodeTable {
             dir_id,
             content: RwLock::new(()),
             cipher: Mutex::new(None),
+            xattrs: Mutex::new(None),
+            link: Mutex::new(None),
+            moved: Mutex::new(None),
         });
         let mut map = self.map.lock();
         let entry = map.entry(ino).or_insert(Entry { inode, lookups: 0 });
@@ -186,7 +232,14 @@ impl InodeTable {
         self.map.lock().keys().copied().collect()
     }
 
-    /// Drops every cached per-file cipher (their keys are zeroized on drop).
+    /// Every inode in the table that stands for backing inode `backing_ino`.
+    pub(crate) fn standing_for(&self, backing_ino: u64) -> Vec<Arc<Inode>> {
+        let map = self.map.lock();
+        map.values().filter(|e| e.inode.stands_for(backing_ino)).map(|e| Arc::clone(&e.inode)).collect()
+    }
+
+    /// Drops every cached per-file cipher (their keys are zeroized on drop) and decrypted
+    /// extended attributes.
     pub(crate) fn forget_ciphers(&self) {
         for entry in self.map.lock().values() {
             entry.inode.forget_cipher();

@@ -4,6 +4,7 @@
 //! File contents, names and symlink targets are encrypted as `docs/FORMAT.md` specifies; what a
 //! user can and cannot do on a mounted volume is in `docs/SEMANTICS.md`.
 
+mod capacity;
 mod content;
 mod dir;
 mod error;
@@ -180,6 +181,18 @@ impl Mount {
     /// The (canonical) mountpoint.
     pub fn mountpoint(&self) -> &Path {
         &self.mountpoint
+    }
+
+    /// Limits the volume to `bytes` of backing usage (`None`: no limit), at once and without a
+    /// remount: changes that would take the usage past it fail with ENOSPC, and `statfs` reports
+    /// it as the size. Usage is defined in `docs/SEMANTICS.md`.
+    pub fn set_capacity(&self, bytes: Option<u64>) {
+        self.fs.set_capacity(bytes);
+    }
+
+    /// `(capacity, usage)` in backing bytes.
+    pub fn usage(&self) -> (Option<u64>, u64) {
+        self.fs.usage()
     }
 
     /// Unmounts and waits for the serving threads to finish, which drops every key. When the

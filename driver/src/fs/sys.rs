@@ -56,6 +56,25 @@ pub(crate) fn set_len(file: &File, len: u64) -> Result<(), FsError> {
     file.set_len(len).map_err(FsError::Io)
 }
 
+/// Reserves backing space for `len` bytes at `offset` without changing the file's size
+/// (`FALLOC_FL_KEEP_SIZE`), so the writes that follow cannot run out of space half way. A backing
+/// file system without `fallocate` (`EOPNOTSUPP`) is not an error: the writes go ahead unreserved.
+pub(crate) fn preallocate(file: &File, offset: u64, len: u64) -> Result<(), FsError> {
+    if len == 0 {
+        return Ok(());
+    }
+    match keep_size_fallocate(file, offset, len) {
+        Ok(()) | Err(nix::errno::Errno::EOPNOTSUPP) => Ok(()),
+        Err(errno) => Err(FsError::Backing { op: "fallocate", errno }),
+    }
+}
+
+/// `fallocate(FALLOC_FL_KEEP_SIZE)` on a backing file.
+pub(crate) fn keep_size_fallocate(file: &File, offset: u64, len: u64) -> nix::Result<()> {
+    let (offset, len) = (offset as libc::off_t, len as libc::off_t);
+    nix::fcntl::fallocate(file, nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE, offset, len)
+}
+
 /// A name for a temporary entry: `.cvtmp-` and 16 random hex digits. The leading dot keeps it out
 /// of directory listings.
 pub(crate) fn temp_name() -> Result<CString, FsError> {

@@ -53,6 +53,11 @@ impl Volume {
         self.backing.path()
     }
 
+    /// The live mount.
+    pub fn mount(&self) -> &Mount {
+        self.mount.as_ref().expect("mounted")
+    }
+
     /// The volume's data key.
     pub fn key(&self) -> &DataKey {
         &self.key

@@ -13,12 +13,18 @@ use nix::sys::stat::fstatat;
 use parking_lot::Mutex;
 
 use super::{CryptFs, Handle, InodeCiphers, ListEntry, OpenDir, OpenFile};
+use crate::cipher::content::plain_size_conservative;
 use crate::cipher::names::NameCipher;
 use crate::fs::content::Content;
 use crate::fs::dir::{self, DirEntry};
 use crate::fs::error::{BackingResult, FsError};
 use crate::fs::inode::{Inode, ROOT};
 use crate::fs::sys;
+
+/// Most bytes one `copy_file_range` request copies.
+const COPY_CHUNK: u64 = 64 << 20;
+/// Bytes read and written per step of a copy.
+const COPY_STEP: u64 = 1 << 20;
 
 impl CryptFs {
     // ---- files ------------------------------------------------------------------------------
@@ -73,12 +79,82 @@ impl CryptFs {
         let _exclusive = inode.content.write();
         let ciphers = InodeCiphers { inode, keys: &keys };
         let content = Content::new(&handle.file, inode.backing_ino, &ciphers);
+        let len = data.len() as u64;
         if append {
-            content.append(data)?;
+            self.charged(&handle.file, |old| old.saturating_add(len), || content.append(data))?;
         } else {
-            content.write(offset, data)?;
+            let end = offset.saturating_add(len);
+            self.charged(&handle.file, |old| old.max(end), || content.write(offset, data))?;
         }
         Ok(data.len() as u32)
+    }
+
+    /// `fallocate` mode 0 (grow to `offset + len`) or `FALLOC_FL_KEEP_SIZE` (reserve backing space);
+    /// every other mode is refused with EOPNOTSUPP. Both are checked against the capacity.
+    pub(crate) fn fallocate(&self, fh: u64, offset: u64, len: u64, mode: i32) -> Result<(), FsError> {
+        let keep_size = match mode {
+            0 => false,
+            libc::FALLOC_FL_KEEP_SIZE => true,
+            _ => return Err(FsError::Backing { op: "fallocate", errno: Errno::EOPNOTSUPP }),
+        };
+        if len == 0 {
+            return Err(FsError::Backing { op: "fallocate", errno: Errno::EINVAL });
+        }
+        let keys = self.keys()?;
+        let handle = self.file_handle(fh)?;
+        let inode = &*handle.inode;
+        let _exclusive = inode.content.write();
+        let ciphers = InodeCiphers { inode, keys: &keys };
+        let content = Content::new(&handle.file, inode.backing_ino, &ciphers);
+        let end = offset.saturating_add(len);
+        // Keep-size reservations are checked as if the file grew, but not counted afterwards:
+        // the usage is the backing sizes (docs/SEMANTICS.md).
+        self.charged(&handle.file, |old| old.max(end), || content.allocate(offset, len, keep_size))
+    }
+
+    /// `copy_file_range`: copies up to `len` bytes (at most [`COPY_CHUNK`] per call; callers loop)
+    /// by decrypting from `fh_in` and encrypting into `fh_out` under the target's own file
+    /// identity, through the ordinary read and write paths. Returns the bytes copied, fewer at the
+    /// end of the source.
+    pub(crate) fn copy_range(
+        &self,
+        fh_in: u64,
+        offset_in: u64,
+        fh_out: u64,
+        offset_out: u64,
+        len: u64,
+    ) -> Result<u32, FsError> {
+        let mut copied = 0u64;
+        let len = len.min(COPY_CHUNK);
+        while copied < len {
+            let step = (len - copied).min(COPY_STEP) as u32;
+            let data = self.read(fh_in, offset_in + copied, step)?;
+            if data.is_empty() {
+                break;
+            }
+            self.write(fh_out, offset_out + copied, &data, false)?;
+            copied += data.len() as u64;
+        }
+        Ok(copied as u32)
+    }
+
+    /// `lseek` with `SEEK_DATA` or `SEEK_HOLE`. Holes are stored as encrypted zero blocks, so the
+    /// whole file is data: the next data is at `offset` and the next hole at the end of file;
+    /// ENXIO at or past the end.
+    pub(crate) fn seek_data(&self, fh: u64, offset: i64, whence: i32) -> Result<i64, FsError> {
+        let handle = self.file_handle(fh)?;
+        let size = plain_size_conservative(handle.file.metadata().map_err(FsError::Io)?.len());
+        let offset =
+            u64::try_from(offset).map_err(|_| FsError::Backing { op: "lseek", errno: Errno::ENXIO })?;
+        if offset >= size {
+            return Err(FsError::Backing { op: "lseek", errno: Errno::ENXIO });
+        }
+        let found = match whence {
+            libc::SEEK_DATA => offset,
+            libc::SEEK_HOLE => size,
+            _ => return Err(FsError::Backing { op: "lseek", errno: Errno::EINVAL }),
+        };
+        Ok(found as i64)
     }
 
     /// Flushes a file's data (and metadata unless `datasync`) to the backing store.

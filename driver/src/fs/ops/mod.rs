@@ -4,6 +4,7 @@
 
 mod io;
 mod namespace;
+mod xattr;
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -24,12 +25,13 @@ use nix::sys::time::TimeSpec;
 use nix::unistd::{fchownat, Gid, Uid};
 use parking_lot::{Mutex, RwLock};
 
-use crate::cipher::content::{plain_size_conservative, BlockCipher, FileId};
+use crate::cipher::content::{backing_size, plain_size_conservative, BlockCipher, FileId};
 use crate::cipher::names::{BackingName, NameCipher};
 use crate::cipher::symlink;
 use crate::keys::VolumeKeys;
 
-use super::content::{CipherSource, Content};
+use super::capacity::{self, Capacity};
+use super::content::{CipherSource, Content, MAX_FILE_SIZE};
 use super::dir;
 use super::error::{BackingResult, FsError};
 use super::inode::{kind_of, Inode, InodeTable, ROOT};
@@ -91,6 +93,18 @@ pub(crate) struct CryptFs {
     inodes: InodeTable,
     handles: Mutex<HashMap<u64, Handle>>,
     next_handle: AtomicU64,
+    capacity: Capacity,
+}
+
+/// What `statfs` reports: the volume's capacity and usage when it has a limit, in 4 KiB blocks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct VolumeStats {
+    pub block_size: u32,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_available: u64,
+    pub files: u64,
+    pub files_free: u64,
 }
 
 /// Per-file ciphers come from the inode's cache.
@@ -117,6 +131,7 @@ impl CryptFs {
         let root = nix::fcntl::open(backing_dir, flags, Mode::empty()).op("open")?;
         let st = sys::stat(root.as_fd())?;
         let dir_id = dir::read_dir_id(root.as_fd(), st.st_ino)?;
+        let used = capacity::scan(backing_dir)?;
         Ok(CryptFs {
             volume_id,
             read_only,
@@ -125,6 +140,7 @@ impl CryptFs {
             inodes: InodeTable::new(root, &st, dir_id),
             handles: Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            capacity: Capacity::new(used),
         })
     }
 
@@ -164,6 +180,42 @@ impl CryptFs {
         self.inodes.ids()
     }
 
+    /// Sets the capacity writes are checked against (`None`: no limit); takes effect at once.
+    pub(crate) fn set_capacity(&self, bytes: Option<u64>) {
+        self.capacity.set_limit(bytes);
+    }
+
+    /// `(capacity, usage)` in backing bytes.
+    pub(crate) fn usage(&self) -> (Option<u64>, u64) {
+        self.capacity.get()
+    }
+
+    /// Runs `change` on backing file `file` (whose inode lock the caller holds exclusively), which
+    /// leaves the file `new_plain(old plaintext size)` bytes long. The backing bytes it will add are
+    /// reserved first, so a change that would pass the capacity fails with ENOSPC before anything
+    /// is written; afterwards the usage is set to what really changed. A file unlinked while open
+    /// no longer counts (its space was given back at the unlink).
+    fn charged<T>(
+        &self,
+        file: &File,
+        new_plain: impl FnOnce(u64) -> u64,
+        change: impl FnOnce() -> Result<T, FsError>,
+    ) -> Result<T, FsError> {
+        let st = sys::stat(file.as_fd())?;
+        if st.st_nlink == 0 {
+            return change();
+        }
+        let before = st.st_size as u64;
+        let plain = new_plain(plain_size_conservative(before));
+        let predicted = if plain > MAX_FILE_SIZE { before } else { backing_size(plain) };
+        let reserved = predicted.saturating_sub(before);
+        self.capacity.reserve(reserved)?;
+        let result = change();
+        let after = sys::stat(file.as_fd()).map_or(predicted, |st| st.st_size as u64);
+        self.capacity.settle(reserved, before, after);
+        result
+    }
+
     fn keys(&self) -> Result<Arc<VolumeKeys>, FsError> {
         self.keys.read().clone().ok_or(FsError::Locked)
     }
@@ -178,10 +230,16 @@ impl CryptFs {
             FileType::Directory => st.st_size as u64,
             FileType::NamedPipe | FileType::Socket | FileType::CharDevice | FileType::BlockDevice => 0,
         };
+        // `du` counts the plaintext a file holds, in 4 KiB blocks as ext4 would (every block of a
+        // file is allocated), not the backing store's slightly larger ciphertext.
+        let blocks = match kind {
+            FileType::RegularFile => size.div_ceil(4096) * 8,
+            _ => st.st_blocks as u64,
+        };
         FileAttr {
             ino: INodeNo(ino),
             size,
-            blocks: st.st_blocks as u64,
+            blocks,
             atime: system_time(st.st_atime, st.st_atime_nsec),
             mtime: system_time(st.st_mtime, st.st_mtime_nsec),
             ctime: system_time(st.st_ctime, st.st_ctime_nsec),
@@ -198,7 +256,9 @@ impl CryptFs {
     }
 
     fn attr(&self, inode: &Inode) -> Result<FileAttr, FsError> {
-        Ok(self.attr_of(inode.ino, &sys::stat(inode.fd.as_fd())?))
+        let moved = inode.moved();
+        let fd = moved.as_deref().map_or(inode.fd.as_fd(), AsFd::as_fd);
+        Ok(self.attr_of(inode.ino, &sys::stat(fd)?))
     }
 
     /// Adds backing object `fd` to the inode table (one kernel reference) and returns its attributes.
@@ -225,7 +285,11 @@ impl CryptFs {
         let parent = self.inodes.get(parent)?;
         let backing = self.backing_name(&parent, name)?;
         let fd = sys::open_path(parent.fd.as_fd(), OsStr::new(backing.entry()))?;
-        self.remember(fd)
+        let attr = self.remember(fd)?;
+        if attr.kind == FileType::Symlink {
+            self.inodes.get(attr.ino.0)?.bind_link(parent.dir_id()?, name.as_bytes());
+        }
+        Ok(attr)
     }
 
     /// Drops `count` kernel references to `ino`.
@@ -245,8 +309,13 @@ impl CryptFs {
     pub(crate) fn readlink(&self, ino: u64) -> Result<Vec<u8>, FsError> {
         let keys = self.keys()?;
         let inode = self.inodes.get(ino)?;
-        let stored = nix::fcntl::readlinkat(inode.fd.as_fd(), "").op("readlinkat")?;
-        symlink::decrypt_target(keys.symlinks(), stored.as_bytes())
+        let moved = inode.moved();
+        let fd = moved.as_deref().map_or(inode.fd.as_fd(), AsFd::as_fd);
+        let stored = nix::fcntl::readlinkat(fd, "").op("readlinkat")?;
+        let failed = FsError::SymlinkTarget { ino: inode.backing_ino };
+        let binding = inode.link.lock().clone().ok_or(failed)?;
+        let link = symlink::Link { dir_id: &binding.0, name: &binding.1 };
+        symlink::decrypt_target(keys.symlinks(), link, stored.as_bytes())
             .map_err(|_| FsError::SymlinkTarget { ino: inode.backing_ino })
     }
 
@@ -255,12 +324,14 @@ impl CryptFs {
     /// Applies `set` to inode `ino` and returns the new attributes.
     pub(crate) fn setattr(&self, ino: u64, set: SetAttr) -> Result<FileAttr, FsError> {
         let inode = self.inodes.get(ino)?;
+        let moved = inode.moved();
+        let fd = moved.as_deref().map_or(inode.fd.as_fd(), AsFd::as_fd);
         if set.uid.is_some() || set.gid.is_some() {
             let (uid, gid) = (set.uid.map(Uid::from_raw), set.gid.map(Gid::from_raw));
-            fchownat(inode.fd.as_fd(), "", uid, gid, AtFlags::AT_EMPTY_PATH).op("fchownat")?;
+            fchownat(fd, "", uid, gid, AtFlags::AT_EMPTY_PATH).op("fchownat")?;
         }
         if let Some(mode) = set.mode {
-            let path = sys::proc_path(inode.fd.as_fd());
+            let path = sys::proc_path(fd);
             let mode = Mode::from_bits_truncate(mode & PERM_MASK);
             fchmodat(AT_FDCWD, path.as_c_str(), mode, FchmodatFlags::FollowSymlink).op("fchmodat")?;
         }
@@ -268,7 +339,7 @@ impl CryptFs {
             self.truncate(&inode, set.fh, size)?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
-            let path = sys::proc_path(inode.fd.as_fd());
+            let path = sys::proc_path(fd);
             let (atime, mtime) = (time_spec(set.atime), time_spec(set.mtime));
             utimensat(AT_FDCWD, path.as_c_str(), &atime, &mtime, UtimensatFlags::FollowSymlink)
                 .op("utimensat")?;
@@ -292,19 +363,47 @@ impl CryptFs {
         };
         let _exclusive = inode.content.write();
         let ciphers = InodeCiphers { inode, keys: &keys };
-        Content::new(file, inode.backing_ino, &ciphers).set_len(size)
+        self.charged(file, |_| size, || Content::new(file, inode.backing_ino, &ciphers).set_len(size))
     }
 
-    /// Statistics of the backing file system.
-    pub(crate) fn statfs(&self) -> Result<Statvfs, FsError> {
+    /// The volume's statistics: its capacity and usage when it has a limit (free space is also
+    /// bounded by the backing store's), else the backing file system's own figures.
+    pub(crate) fn statfs(&self) -> Result<VolumeStats, FsError> {
         let root = self.inodes.get(ROOT)?;
-        fstatvfs(root.fd.as_fd()).op("fstatvfs")
+        let backing = fstatvfs(root.fd.as_fd()).op("fstatvfs")?;
+        Ok(volume_stats(&backing, self.capacity.get()))
     }
 }
 
 impl std::fmt::Debug for CryptFs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CryptFs").field("volume_id", &self.volume_id).finish_non_exhaustive()
+    }
+}
+
+const STATFS_BLOCK: u64 = 4096;
+
+fn volume_stats(backing: &Statvfs, (limit, used): (Option<u64>, u64)) -> VolumeStats {
+    let frag = backing.fragment_size().max(1);
+    let backing_avail = backing.blocks_available() * frag / STATFS_BLOCK;
+    let (blocks, blocks_free, blocks_available) = match limit {
+        Some(limit) => {
+            let free = limit.saturating_sub(used) / STATFS_BLOCK;
+            (limit / STATFS_BLOCK, free.min(backing_avail), free.min(backing_avail))
+        }
+        None => (
+            backing.blocks() * frag / STATFS_BLOCK,
+            backing.blocks_free() * frag / STATFS_BLOCK,
+            backing_avail,
+        ),
+    };
+    VolumeStats {
+        block_size: STATFS_BLOCK as u32,
+        blocks,
+        blocks_free,
+        blocks_available,
+        files: backing.files(),
+        files_free: backing.files_free(),
     }
 }
 

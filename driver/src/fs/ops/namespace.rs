@@ -1,18 +1,22 @@
 //! Namespace operations: creating, linking, renaming and removing entries. Every new entry gets
 //! its long-name side file before it appears, and its owner and mode before it is handed out.
 
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
 use fuser::{FileAttr, FileType};
 use nix::errno::Errno;
-use nix::fcntl::{openat, renameat2, AtFlags, OFlag, RenameFlags, AT_FDCWD};
-use nix::sys::stat::{fchmod, fchmodat, mkdirat, mknodat, FchmodatFlags, Mode, SFlag};
-use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, UnlinkatFlags};
+use nix::fcntl::{openat, renameat, renameat2, AtFlags, OFlag, RenameFlags, AT_FDCWD};
+use nix::sys::stat::{
+    fchmod, fchmodat, fstatat, mkdirat, mknodat, utimensat, FchmodatFlags, FileStat, Mode, SFlag,
+    UtimensatFlags,
+};
+use nix::sys::time::TimeSpec;
+use nix::unistd::{fchown, fchownat, linkat, symlinkat, unlinkat, Gid, Uid, UnlinkatFlags};
 
 use super::{Caller, CryptFs, Handle, OpenFile, PERM_MASK};
 use crate::cipher::names::BackingName;
@@ -72,6 +76,7 @@ impl CryptFs {
                 return Err(err);
             }
         };
+        inode.starts_without_attributes();
         let fh = self.insert_handle(Handle::File(Arc::new(OpenFile { inode, file })));
         Ok((attr, fh))
     }
@@ -184,8 +189,9 @@ impl CryptFs {
         match built {
             Ok(fd) => {
                 let attr = self.remember(fd);
-                if attr.is_err() {
-                    self.remove_dir_entry(&parent, &backing);
+                match &attr {
+                    Ok(attr) => self.inodes.get(attr.ino.0)?.starts_without_attributes(),
+                    Err(_) => self.remove_dir_entry(&parent, &backing),
                 }
                 attr
             }
@@ -218,18 +224,9 @@ impl CryptFs {
         let keys = self.keys()?;
         let parent = self.inodes.get(parent)?;
         let backing = self.backing_name(&parent, name)?;
-        let encoded = symlink::encrypt_target(keys.symlinks(), target.as_os_str().as_bytes()).map_err(
-            |err| match err {
-                CipherError::TargetTooLong => FsError::TargetTooLong,
-                CipherError::EmptyTarget => FsError::Backing { op: "symlink", errno: Errno::ENOENT },
-                CipherError::Random(_) => FsError::Random,
-                CipherError::Authentication
-                | CipherError::Malformed
-                | CipherError::InvalidName
-                | CipherError::NameTooLong
-                | CipherError::BlockTooLong => FsError::InvalidName,
-            },
-        )?;
+        let link = symlink::Link { dir_id: parent.dir_id()?, name: name.as_bytes() };
+        let encoded = symlink::encrypt_target(keys.symlinks(), link, target.as_os_str().as_bytes())
+            .map_err(target_error)?;
         let (uid, gid, _) = self.new_owner(&parent, caller)?;
         self.make_entry(&parent, &backing, || {
             symlinkat(encoded.as_str(), parent.fd.as_fd(), backing.entry()).op("symlinkat")
@@ -241,12 +238,67 @@ impl CryptFs {
             self.undo_create(&parent, &backing, UnlinkatFlags::NoRemoveDir);
             return Err(err);
         }
-        self.adopt(&parent, &backing, UnlinkatFlags::NoRemoveDir)
+        let attr = self.adopt(&parent, &backing, UnlinkatFlags::NoRemoveDir)?;
+        self.inodes.get(attr.ino.0)?.bind_link(link.dir_id, link.name);
+        Ok(attr)
+    }
+
+    /// Makes a copy of symlink `fd`, bound to `old`, with its target bound to `new` instead (a
+    /// rename must re-encrypt it), under a temporary name in `new_parent`, with the owner and
+    /// times of the original. Returns the temporary name.
+    fn rebound_link(
+        &self,
+        fd: &OwnedFd,
+        old: symlink::Link<'_>,
+        new_parent: &Inode,
+        new: symlink::Link<'_>,
+    ) -> Result<CString, FsError> {
+        let keys = self.keys()?;
+        let st = sys::stat(fd.as_fd())?;
+        let stored = nix::fcntl::readlinkat(fd.as_fd(), "").op("readlinkat")?;
+        let target = symlink::decrypt_target(keys.symlinks(), old, stored.as_bytes())
+            .map_err(|_| FsError::SymlinkTarget { ino: st.st_ino })?;
+        let encoded = symlink::encrypt_target(keys.symlinks(), new, &target).map_err(target_error)?;
+        let tmp = sys::temp_name()?;
+        let dir = new_parent.fd.as_fd();
+        symlinkat(encoded.as_str(), dir, tmp.as_c_str()).op("symlinkat")?;
+        let copied = fchownat(
+            dir,
+            tmp.as_c_str(),
+            Some(Uid::from_raw(st.st_uid)),
+            Some(Gid::from_raw(st.st_gid)),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )
+        .op("fchownat")
+        .and_then(|()| {
+            let atime = TimeSpec::new(st.st_atime, st.st_atime_nsec);
+            let mtime = TimeSpec::new(st.st_mtime, st.st_mtime_nsec);
+            utimensat(dir, tmp.as_c_str(), &atime, &mtime, UtimensatFlags::NoFollowSymlink).op("utimensat")
+        });
+        if let Err(err) = copied {
+            let _ = unlinkat(dir, tmp.as_c_str(), UnlinkatFlags::NoRemoveDir);
+            return Err(err);
+        }
+        Ok(tmp)
+    }
+
+    fn follow_moved_link(&self, old_ino: u64, dir: &Inode, name: &BackingName, link: symlink::Link<'_>) {
+        for inode in self.inodes.standing_for(old_ino) {
+            if let Ok(fd) = sys::open_path(dir.fd.as_fd(), OsStr::new(name.entry())) {
+                if let Ok(st) = sys::stat(fd.as_fd()) {
+                    inode.move_link(fd, st.st_ino, link.dir_id, link.name);
+                }
+            }
+        }
     }
 
     /// Adds hard link `name` in `parent` to inode `ino`.
     pub(crate) fn link(&self, ino: u64, parent: u64, name: &OsStr) -> Result<FileAttr, FsError> {
         let inode = self.inodes.get(ino)?;
+        if inode.kind == FileType::Symlink {
+            // A symlink's target is bound to its one name (docs/SEMANTICS.md).
+            return Err(FsError::Backing { op: "linkat", errno: Errno::EPERM });
+        }
         let parent = self.inodes.get(parent)?;
         let backing = self.backing_name(&parent, name)?;
         // Following the /proc link of the O_PATH handle links the object itself, whatever its
@@ -264,7 +316,9 @@ impl CryptFs {
     pub(crate) fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
         let parent = self.inodes.get(parent)?;
         let backing = self.backing_name(&parent, name)?;
+        let freed = last_link_size(parent.fd.as_fd(), backing.entry());
         unlinkat(parent.fd.as_fd(), backing.entry(), UnlinkatFlags::NoRemoveDir).op("unlinkat")?;
+        self.capacity.release(freed);
         dir::remove_side_file(parent.fd.as_fd(), &backing)
     }
 
@@ -329,20 +383,69 @@ impl CryptFs {
         }
 
         let source = sys::open_path(from_dir.fd.as_fd(), OsStr::new(from.entry()))?;
-        let source_is_dir = kind_of(sys::stat(source.as_fd())?.st_mode) == FileType::Directory;
+        let source_stat = sys::stat(source.as_fd())?;
+        let (source_is_dir, source_ino) =
+            (kind_of(source_stat.st_mode) == FileType::Directory, source_stat.st_ino);
         let target = match sys::open_path(to_dir.fd.as_fd(), OsStr::new(to.entry())) {
             Ok(fd) => Some(fd),
             Err(FsError::Backing { errno: Errno::ENOENT, .. }) => None,
             Err(err) => return Err(err),
         };
-        dir::create_side_file(to_dir.fd.as_fd(), &to)?;
-
-        let do_rename = || {
-            renameat2(from_dir.fd.as_fd(), from.entry(), to_dir.fd.as_fd(), to.entry(), flags).op("renameat2")
+        let target_stat = target.as_ref().map(|fd| sys::stat(fd.as_fd())).transpose()?;
+        // A symlink that changes name gets its target re-encrypted for the new name: a copy is
+        // made under a temporary name first and takes the old one's place.
+        let (from_link, to_link) = (
+            symlink::Link { dir_id: from_dir.dir_id()?, name: name.as_bytes() },
+            symlink::Link { dir_id: to_dir.dir_id()?, name: new_name.as_bytes() },
+        );
+        let source_copy = match kind_of(source_stat.st_mode) {
+            FileType::Symlink => Some(self.rebound_link(&source, from_link, &to_dir, to_link)?),
+            _ => None,
         };
-        let target_is_dir = match &target {
-            Some(fd) => kind_of(sys::stat(fd.as_fd())?.st_mode) == FileType::Directory,
-            None => false,
+        let target_copy = match (&target, target_stat) {
+            (Some(fd), Some(st)) if exchange && kind_of(st.st_mode) == FileType::Symlink => {
+                match self.rebound_link(fd, to_link, &from_dir, from_link) {
+                    Ok(tmp) => Some(tmp),
+                    Err(err) => {
+                        remove_temp(&to_dir, source_copy.as_ref());
+                        return Err(err);
+                    }
+                }
+            }
+            _ => None,
+        };
+        if let Err(err) = dir::create_side_file(to_dir.fd.as_fd(), &to) {
+            remove_temp(&to_dir, source_copy.as_ref());
+            remove_temp(&from_dir, target_copy.as_ref());
+            return Err(err);
+        }
+
+        let (from_fd, to_fd) = (from_dir.fd.as_fd(), to_dir.fd.as_fd());
+        let do_rename = || {
+            match (&source_copy, exchange) {
+                (Some(copy), false) => {
+                    renameat2(to_fd, copy.as_c_str(), to_fd, to.entry(), flags).op("renameat2")?;
+                    unlinkat(from_fd, from.entry(), UnlinkatFlags::NoRemoveDir).op("unlinkat")?;
+                }
+                _ => {
+                    renameat2(from_fd, from.entry(), to_fd, to.entry(), flags).op("renameat2")?;
+                    if let Some(copy) = &source_copy {
+                        renameat(to_fd, copy.as_c_str(), to_fd, to.entry()).op("renameat")?;
+                    }
+                    if let Some(copy) = &target_copy {
+                        renameat(from_fd, copy.as_c_str(), from_fd, from.entry()).op("renameat")?;
+                    }
+                }
+            }
+            Ok(())
+        };
+        let target_is_dir = target_stat.is_some_and(|st| kind_of(st.st_mode) == FileType::Directory);
+        // A regular file replaced through its last link gives its space back.
+        let freed = match target_stat {
+            Some(st) if !exchange && st.st_ino != source_ino && st.st_nlink == 1 && is_regular(&st) => {
+                st.st_size as u64
+            }
+            Some(_) | None => 0,
         };
         let renamed = match &target {
             // Replacing a directory: the backing one holds its id file, so it only becomes
@@ -351,10 +454,21 @@ impl CryptFs {
             Some(_) | None => do_rename(),
         };
         if let Err(err) = renamed {
+            remove_temp(&to_dir, source_copy.as_ref());
+            remove_temp(&from_dir, target_copy.as_ref());
             if target.is_none() {
                 let _ = dir::remove_side_file(to_dir.fd.as_fd(), &to);
             }
             return Err(err);
+        }
+        self.capacity.release(freed);
+        // The kernel keeps the node ids of renamed symlinks until it looks their names up again:
+        // point them at the re-encrypted copies.
+        if source_copy.is_some() {
+            self.follow_moved_link(source_stat.st_ino, &to_dir, &to, to_link);
+        }
+        if let (Some(_), Some(st)) = (&target_copy, target_stat) {
+            self.follow_moved_link(st.st_ino, &from_dir, &from, from_link);
         }
         // After a plain rename the old name is gone (unless it was a hard link of the target,
         // which POSIX leaves in place); after an exchange both names still exist.
@@ -363,5 +477,38 @@ impl CryptFs {
             dir::remove_side_file(from_dir.fd.as_fd(), &from)?;
         }
         Ok(())
+    }
+}
+
+fn is_regular(st: &FileStat) -> bool {
+    kind_of(st.st_mode) == FileType::RegularFile
+}
+
+/// The backing size of entry `name` of `dir` if it is a regular file's last link (what removing
+/// it frees), else 0.
+fn last_link_size(dir: BorrowedFd<'_>, name: &str) -> u64 {
+    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) if st.st_nlink == 1 && is_regular(&st) => st.st_size as u64,
+        Ok(_) | Err(_) => 0,
+    }
+}
+
+/// Removes a temporary entry this file system made in `dir` (best effort, after a failure).
+fn remove_temp(dir: &Inode, name: Option<&CString>) {
+    if let Some(name) = name {
+        let _ = unlinkat(dir.fd.as_fd(), name.as_c_str(), UnlinkatFlags::NoRemoveDir);
+    }
+}
+
+fn target_error(err: CipherError) -> FsError {
+    match err {
+        CipherError::TargetTooLong => FsError::TargetTooLong,
+        CipherError::EmptyTarget => FsError::Backing { op: "symlink", errno: Errno::ENOENT },
+        CipherError::Random(_) => FsError::Random,
+        CipherError::Authentication
+        | CipherError::Malformed
+        | CipherError::InvalidName
+        | CipherError::NameTooLong
+        | CipherError::BlockTooLong => FsError::InvalidName,
     }
 }
