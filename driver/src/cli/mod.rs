@@ -1,7 +1,9 @@
-//! The `cryptvol` admin CLI: local key management, a self-contained demo and the benchmark.
+//! The `cryptvol` admin CLI: local key management, a self-contained demo, the benchmark and the
+//! offline check of a volume (`fsck`).
 
 pub mod bench;
 pub mod demo;
+pub mod fsck;
 pub mod keys;
 
 use std::path::PathBuf;
@@ -34,6 +36,9 @@ pub enum Command {
     },
     /// Benchmark cryptvol against the plain directory and gocryptfs on the file system of DIR.
     Bench(bench::BenchArgs),
+    /// Check a volume's encrypted tree offline: every unreadable block, name, directory id and
+    /// symlink target; `--repair-truncate` cuts damaged files back to their last good block.
+    Fsck(fsck::FsckArgs),
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -44,6 +49,7 @@ pub async fn run(cli: Cli) -> std::process::ExitCode {
             demo::run(&dir, kms_config, key).await.map_err(|e| e.to_string())
         }
         Command::Bench(args) => bench::run(args).await,
+        Command::Fsck(args) => return fsck::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
