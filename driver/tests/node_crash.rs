@@ -386,4 +386,18 @@ async fn sigkill_mid_write_leaves_old_or_new_blocks_and_fsck_finds_the_rest() {
         }
     }
     println!("{rounds} crashes, {torn_total} unreadable blocks found and repaired in all");
+
+    // The text report, for a volume named by its directory, ends with the summary line.
+    let out = Command::new(env!("CARGO_BIN_EXE_cryptvol"))
+        .arg("fsck")
+        .arg("--volume-dir")
+        .arg(h.backing.join(&v.volume_id))
+        .arg("--kms-config")
+        .arg(&kms)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let summary = format!("{WRITERS} files, ");
+    assert!(text.contains(&summary) && text.contains(" 0 problems"), "{text}");
 }
