@@ -10,6 +10,7 @@ pub mod cipher;
 pub mod cli;
 pub mod csi;
 pub mod fs;
+pub mod fsck;
 pub mod header;
 pub mod keys;
 pub mod kms;

@@ -1,7 +1,9 @@
-//! The `cryptvol` admin CLI: local key management, a self-contained demo and the benchmark.
+//! The `cryptvol` admin CLI: local key management, a self-contained demo, the benchmark and the
+//! offline check of a volume (`fsck`).
 
 pub mod bench;
 pub mod demo;
+pub mod fsck;
 pub mod keys;
 
 use std::path::PathBuf;
@@ -50,6 +52,9 @@ pub enum Command {
         /// The volume id (its directory name under the backing root).
         volume_id: String,
     },
+    /// Check a volume's encrypted tree offline: every unreadable block, name, directory id and
+    /// symlink target; `--repair-truncate` cuts damaged files back to their last good block.
+    Fsck(fsck::FsckArgs),
 }
 
 /// Runs the CLI; returns the process exit code.
@@ -63,6 +68,7 @@ pub async fn run(cli: Cli) -> std::process::ExitCode {
         Command::Rewrap { backing_root, kms_config, to_key, volume_id } => {
             rewrap(backing_root, kms_config, to_key, volume_id).await
         }
+        Command::Fsck(args) => return fsck::run(args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
