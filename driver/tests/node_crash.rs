@@ -265,7 +265,8 @@ fn fsck_blocks(report: &serde_json::Value, mount_sizes: &BTreeMap<String, u64>) 
 async fn sigkill_mid_write_leaves_old_or_new_blocks_and_fsck_finds_the_rest() {
     let rounds: usize = std::env::var("CRYPTVOL_CRASH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
     let mut h = Harness::start().await;
-    let v = h.create("crash", "app").await.unwrap();
+    // Room for every writer's largest file (the volume's capacity is enforced).
+    let v = h.create_with("crash", csi_harness::params("app"), 64 << 20).await.unwrap();
     let kms = h.path("kms.yaml");
     let config = format!(
         "default: local\nconnections:\n  local:\n    provider: local\n    keyFile: {}\n",
